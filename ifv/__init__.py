@@ -1,0 +1,1 @@
+"""ifv: Inverse Feature Visualization (Reinbold & Westermann), Grad-IFV."""

@@ -1,0 +1,1 @@
+"""Data sets the zoo is trained on."""

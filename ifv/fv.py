@@ -1,0 +1,208 @@
+"""Feature visualization by activation maximization (Sec. 3.2), and re-optimization (Sec. 3.4).
+
+A batch of targets is optimized together, first by Adam, then by L-BFGS. The L-BFGS here is
+batched but per sample: every sample has its own curvature history, its own Armijo line
+search and its own stopping test, so one sample's line search never holds back or pushes
+another (samples are independent: the network is in eval mode). Samples that have
+converged leave the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ifv.objective import significance
+
+Response = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class FVSettings:
+    """Step counts and learning rates of FV (Sec. 3.2: 800 Adam + 300 L-BFGS for DenseNet)."""
+
+    adam_steps: int = 800
+    adam_lr: float = 0.05
+    lbfgs_steps: int = 300
+    history: int = 10
+    tol: float = 1e-7
+    batch_size: int = 64
+
+
+@dataclass
+class FVResult:
+    """Realizations and their convergence record.
+
+    v: (N, *shape) parameters; y: (N, n_f) responses; loss: (N,) final -S_x(y);
+    grad_norm: (N,) ||grad_v f_x||; iters: (N,) L-BFGS iterations each sample used.
+    """
+
+    v: Tensor
+    y: Tensor
+    loss: Tensor
+    grad_norm: Tensor
+    iters: Tensor
+    seconds: float
+
+
+def losses(response: Response, v: Tensor, x: Tensor, k: float) -> Tensor:
+    """-S_x(N~(v)) per sample: (B,)."""
+    return -significance(x, response(v), k)
+
+
+def _loss_grad(response: Response, v: Tensor, x: Tensor, k: float) -> tuple[Tensor, Tensor]:
+    """Per-sample losses (B,) and their gradients w.r.t. v (B, *shape)."""
+    with torch.enable_grad():
+        v = v.detach().requires_grad_(True)
+        f = losses(response, v, x, k)
+        (g,) = torch.autograd.grad(f.sum(), v)
+    return f.detach(), g
+
+
+def adam(response: Response, v: Tensor, x: Tensor, k: float, steps: int, lr: float,
+         bar: tqdm | None = None) -> Tensor:
+    """``steps`` Adam steps on every sample of the batch (elementwise, hence per sample)."""
+    v = v.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        losses(response, v, x, k).sum().backward()
+        opt.step()
+        if bar is not None:
+            bar.update()
+    return v.detach()
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product of (B, n) tensors: (B,)."""
+    return (a * b).sum(-1)
+
+
+def lbfgs(response: Response, v: Tensor, x: Tensor, k: float, steps: int, history: int = 10,
+          tol: float = 1e-7, bar: tqdm | None = None) -> tuple[Tensor, Tensor]:
+    """Batched L-BFGS with a per-sample two-loop recursion and Armijo backtracking.
+
+    A sample stops when its loss decreases by less than ``tol * max(1, |f|)`` in an
+    iteration or when no step along its direction decreases the loss.
+    Returns the optimized v and the number of iterations each sample used.
+    """
+    shape = v.shape
+    n = shape[0]
+    v = v.detach().clone().reshape(n, -1)
+    f, g = _loss_grad(response, v.reshape(shape), x, k)
+    g = g.reshape(n, -1)
+    s_hist = torch.zeros((history, *v.shape), dtype=v.dtype)
+    y_hist = torch.zeros_like(s_hist)
+    rho = torch.zeros(history, n, dtype=v.dtype)
+    head = 0
+    iters = torch.zeros(n, dtype=torch.long)
+    active = torch.ones(n, dtype=torch.bool)
+    fresh = torch.ones(n, dtype=torch.bool)
+    for _ in range(steps):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        gi = g[idx]
+        # two-loop recursion, vectorized over the active samples
+        q = gi.clone()
+        order = [(head - 1 - j) % history for j in range(history)]
+        alphas = []
+        for j in order:
+            a = rho[j, idx] * _dot(s_hist[j, idx], q)
+            q -= a.unsqueeze(1) * y_hist[j, idx]
+            alphas.append(a)
+        newest = order[0]
+        sy = _dot(s_hist[newest, idx], y_hist[newest, idx])
+        yy = _dot(y_hist[newest, idx], y_hist[newest, idx])
+        gamma = torch.where((sy > 0) & (yy > 0), sy / yy.clamp_min(1e-30), torch.zeros_like(sy))
+        first = fresh[idx] | (gamma == 0)
+        gamma = torch.where(first, 1.0 / gi.abs().sum(1).clamp_min(1e-30), gamma)
+        r = gamma.unsqueeze(1) * q
+        for j, a in zip(reversed(order), reversed(alphas), strict=True):
+            b = rho[j, idx] * _dot(y_hist[j, idx], r)
+            r += (a - b).unsqueeze(1) * s_hist[j, idx]
+        d = -r
+        slope = _dot(d, gi)
+        bad = slope >= 0
+        d[bad] = -gi[bad]
+        slope = torch.where(bad, -_dot(gi, gi), slope)
+        # per-sample Armijo backtracking from t = 1
+        t = torch.ones(len(idx), dtype=v.dtype)
+        accepted = torch.zeros(len(idx), dtype=torch.bool)
+        f_new = f[idx].clone()
+        g_new = gi.clone()
+        for _ in range(20):
+            todo = (~accepted).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            trial = v[idx[todo]] + t[todo].unsqueeze(1) * d[todo]
+            ft, gt = _loss_grad(response, trial.reshape(-1, *shape[1:]), x[idx[todo]], k)
+            ok = torch.isfinite(ft) & (ft <= f[idx[todo]] + 1e-4 * t[todo] * slope[todo])
+            acc = todo[ok]
+            accepted[acc] = True
+            f_new[acc] = ft[ok]
+            g_new[acc] = gt.reshape(len(todo), -1)[ok]
+            t[todo[~ok]] *= 0.5
+        step = t.unsqueeze(1) * d
+        s_new = torch.where(accepted.unsqueeze(1), step, torch.zeros_like(step))
+        y_new = g_new - gi
+        sy_new = _dot(s_new, y_new)
+        rho_new = torch.where(sy_new > 1e-10 * _dot(y_new, y_new).sqrt() * s_new.norm(dim=1),
+                              1.0 / sy_new.clamp_min(1e-30), torch.zeros_like(sy_new))
+        s_hist[head, idx] = s_new
+        y_hist[head, idx] = y_new
+        rho[head, idx] = rho_new
+        head = (head + 1) % history
+        decrease = f[idx] - f_new
+        v[idx] = v[idx] + s_new
+        f[idx] = f_new
+        g[idx] = g_new
+        iters[idx] += 1
+        fresh[idx] = False
+        done = (~accepted) | (decrease <= tol * f_new.abs().clamp_min(1.0))
+        active[idx[done]] = False
+        if bar is not None:
+            bar.update()
+    return v.reshape(shape), iters
+
+
+def visualize(response: Response, init: Callable[[int, torch.Generator], Tensor], x: Tensor,
+              k: float, settings: FVSettings = FVSettings(), *, seed: int = 0,
+              v0: Tensor | None = None, progress: bool = True, desc: str = "FV") -> FVResult:
+    """Realizations I* = P(v*) of the targets x (N, n_f), Opt. (1) with S_x of Sec. 2.
+
+    ``init(n, generator)`` draws initial parameters; ``v0`` (N, *shape) starts from given
+    parameters instead (re-optimization, Sec. 3.4). Batches of ``settings.batch_size``.
+    """
+    t0 = time.perf_counter()
+    n = x.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    v0 = init(n, g) if v0 is None else v0.detach().clone()
+    x = x.to(v0.dtype)
+    per_batch = settings.adam_steps + settings.lbfgs_steps
+    nb = -(-n // settings.batch_size)
+    bar = tqdm(total=nb * per_batch, desc=desc, disable=not progress, unit="step", leave=False)
+    out_v, out_iters = [], []
+    for start in range(0, n, settings.batch_size):
+        sl = slice(start, start + settings.batch_size)
+        vb = adam(response, v0[sl], x[sl], k, settings.adam_steps, settings.adam_lr, bar)
+        it = torch.zeros(vb.shape[0], dtype=torch.long)
+        if settings.lbfgs_steps:
+            before = bar.n
+            vb, it = lbfgs(response, vb, x[sl], k, settings.lbfgs_steps, settings.history,
+                           settings.tol, bar)
+            bar.update(settings.lbfgs_steps - (bar.n - before))
+        out_v.append(vb)
+        out_iters.append(it)
+    bar.close()
+    v = torch.cat(out_v)
+    f, grad = _loss_grad(response, v, x, k)
+    with torch.no_grad():
+        y = response(v)
+    return FVResult(v=v, y=y.detach(), loss=f, grad_norm=grad.flatten(1).norm(dim=1),
+                    iters=torch.cat(out_iters), seconds=time.perf_counter() - t0)

@@ -1,0 +1,148 @@
+"""Evaluation metrics of Sec. 3: angular distance, critical-space projections, the alpha_j
+decomposition, the relative residual, SSIM, and the random-objective baseline.
+
+All n_f x n_f algebra is float64 and reuses ``ifv.inverse`` (Z_k, the substitution U with
+Im U = Im Z_k(y)^{-1} C_M, and the reduced Gram matrix Z_k G Z_k).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+from torch import Tensor
+
+from ifv.inverse import reduced_gram, substitution, unit
+
+
+def angular_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Sign-free angle in degrees, 180/pi * min(acos(a^T b), acos(-a^T b)) of the normalized
+    vectors (Sec. 3.4).
+
+    Computed as 2 atan2(min(|a-b|, |a+b|), max(|a-b|, |a+b|)) on unit vectors, which is exact
+    for tiny angles (no acos near 1). a, b: (..., n) -> (...) float64 in [0, 90]; NaN where
+    a or b is the zero vector (the angle is undefined).
+    """
+    a = a.double()
+    b = b.double().to(a.device)
+    na = a.norm(dim=-1)
+    nb = b.norm(dim=-1)
+    ua = unit(a)
+    ub = unit(b)
+    d = (ua - ub).norm(dim=-1)
+    s = (ua + ub).norm(dim=-1)
+    ang = 2.0 * torch.atan2(torch.minimum(d, s), torch.maximum(d, s))
+    ang = torch.rad2deg(ang).clamp(0.0, 90.0)
+    return torch.where((na > 0) & (nb > 0), ang, torch.full_like(ang, math.nan))
+
+
+def _project(x: Tensor, y: Tensor, k: float, basis: Tensor) -> Tensor:
+    """Orthogonal projection U U^T x onto Z_k(y)^{-1} C (Supp. S1). x, y: (B, n_f) -> (B, n_f)."""
+    u = substitution(y.double(), k, basis)
+    x = x.double().to(u.device)
+    return (u @ (u.transpose(-1, -2) @ x.unsqueeze(-1))).squeeze(-1)
+
+
+def projected_angle(x: Tensor, x_pred: Tensor, y: Tensor, k: float, basis: Tensor) -> Tensor:
+    """Angular distance of target and prediction after projecting both orthogonally onto
+    Z_k(y)^{-1} C = Im U (Sec. 3.5); components in (Z_k(y)^{-1} C)^perp are ignored.
+
+    x, x_pred, y: (B, n_f); basis C_M: (n_f, d) orthonormal columns -> (B,) degrees. With
+    C = R^{n_f} (identity basis) this equals ``angular_distance(x, x_pred)``. NaN where a
+    projection vanishes.
+    """
+    u = substitution(y.double(), k, basis)
+    ut = u.transpose(-1, -2)
+    # U has orthonormal columns, so angles between U^T x are angles between U U^T x.
+    px = (ut @ x.double().to(u.device).unsqueeze(-1)).squeeze(-1)
+    pp = (ut @ x_pred.double().to(u.device).unsqueeze(-1)).squeeze(-1)
+    return angular_distance(px, pp)
+
+
+def critical_fraction(x: Tensor, y: Tensor, k: float, basis: Tensor) -> Tensor:
+    """Fraction ||v|| / (||v|| + ||w||) of x = v + w living in the critical space, with
+    v in Z_k(y)^{-1} C and w in its orthogonal complement (caption of Fig. 2).
+
+    x, y: (B, n_f); basis C_M: (n_f, d) -> (B,) in [0, 1]; 1 for C = R^{n_f}.
+    """
+    v = _project(x, y, k, basis)
+    w = x.double().to(v.device) - v
+    nv = v.norm(dim=-1)
+    nw = w.norm(dim=-1)
+    return nv / (nv + nw)
+
+
+def alpha_coefficients(x: Tensor, y: Tensor, gram: Tensor, k: float) -> Tensor:
+    """Squared coefficients c_{i,j}^2 of x_i in the left-singular vectors v_{i,j} of
+    Z_k(y_i) Dy_i, ordered by ascending singular value (Sec. 3.5).
+
+    The v_{i,j} are the eigenvectors of Z_k G Z_k (``inverse.reduced_gram``; eigh returns
+    ascending eigenvalues = squared singular values). x is normalized first, so each row sums
+    to 1. x, y: (B, n_f); gram G = Dy Dy^T: (B, n_f, n_f) -> (B, n_f), column j-1 is c_{i,j}^2.
+    """
+    m = reduced_gram(y.double(), gram, k)
+    m = 0.5 * (m + m.transpose(-1, -2))
+    _, vecs = torch.linalg.eigh(m)
+    xu = unit(x.double().to(m.device))
+    c = (vecs.transpose(-1, -2) @ xu.unsqueeze(-1)).squeeze(-1)
+    return c * c
+
+
+def alpha(x: Tensor, y: Tensor, gram: Tensor, k: float) -> Tensor:
+    """alpha_j = sum_i c_{i,j}^2 / n, the mean contribution of the j-th left-singular vectors
+    to the target objectives (Sec. 3.5, Fig. 2 top, Fig. 3). Shapes as in
+    ``alpha_coefficients`` -> (n_f,), ascending singular values; sums to 1.
+    """
+    return alpha_coefficients(x, y, gram, k).mean(dim=0)
+
+
+def relative_residual(x: Tensor, y: Tensor, gram: Tensor, k: float) -> Tensor:
+    """||x^T Z_k Dy|| / ||Z_k Dy||_2 = sqrt(x^T Z_k G Z_k x / lambda_max(Z_k G Z_k)) for unit x
+    (Sec. 2.1: zero at an optimum of f_x). x is normalized first.
+
+    Grad-IFV needs this well below sigma_min / sigma_max of Z_k Dy. x, y: (B, n_f);
+    gram: (B, n_f, n_f) -> (B,) in [0, 1]; NaN where Z_k Dy = 0.
+    """
+    m = reduced_gram(y.double(), gram, k)
+    m = 0.5 * (m + m.transpose(-1, -2))
+    lam_max = torch.linalg.eigvalsh(m)[..., -1]
+    xu = unit(x.double().to(m.device))
+    num = (xu.unsqueeze(-2) @ m @ xu.unsqueeze(-1)).reshape(lam_max.shape).clamp_min(0.0)
+    return torch.sqrt(num / lam_max.clamp_min(0.0))
+
+
+def _hwc(images: Tensor) -> np.ndarray:
+    """(B, C, H, W) tensor -> (B, H, W, C) float64 numpy array."""
+    return images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
+
+
+def ssim(a: Tensor, b: Tensor) -> Tensor:
+    """SSIM index (Wang et al., 2004) per sample between image batches in [0, 1] (Sec. 3.4),
+    via ``skimage.metrics.structural_similarity`` with data_range 1 and the channel axis last.
+
+    a, b: (B, C, H, W), any C -> (B,) float64. Images under 7 px on a side use the largest odd
+    window that fits (at least 3 px is required).
+    """
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"ssim needs two (B, C, H, W) batches of equal shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    side = min(a.shape[-2:])
+    if side < 3:
+        raise ValueError(f"ssim needs images of at least 3x3 pixels, got {tuple(a.shape[-2:])}")
+    win = 7 if side >= 7 else (side if side % 2 == 1 else side - 1)
+    na, nb = _hwc(a), _hwc(b)
+    vals = [
+        structural_similarity(ia, ib, channel_axis=-1, data_range=1.0, win_size=win)
+        for ia, ib in zip(na, nb, strict=True)
+    ]
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def random_objective(n: int, n_f: int, generator: torch.Generator | None = None) -> Tensor:
+    """The "random feature vector" baseline of Sec. 3.4: nonnegative unit vectors
+    |g| / ||g|| with g ~ N(0, I). -> (n, n_f) float64 (on the generator's device)."""
+    device = generator.device if generator is not None else None
+    g = torch.randn(n, n_f, generator=generator, dtype=torch.float64, device=device)
+    return unit(g.abs())

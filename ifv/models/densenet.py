@@ -1,0 +1,97 @@
+"""DenseNet-BC (Huang et al. 2017) as used in the paper (Sec. 3.1).
+
+Bottleneck layers (BN-ReLU-1x1 conv to 4k channels, BN-ReLU-3x3 conv to k channels) whose
+outputs are concatenated to their inputs; transitions (BN-ReLU-1x1 conv with compression,
+2x2 average pooling) between three dense blocks. The named children are the tappable layers:
+``conv0``, ``dense1``, ``trans1``, ``dense2``, ``trans2``, ``dense3`` (the concatenation, a
+pre-activation output), ``pool`` (BN-ReLU-global mean) and ``classifier`` (the logits).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Bottleneck(nn.Module):
+    """BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3(k); the output is concatenated to the input."""
+
+    def __init__(self, in_channels: int, growth: int) -> None:
+        super().__init__()
+        inner = 4 * growth
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(in_channels, inner, 1, bias=False),
+            nn.BatchNorm2d(inner),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(inner, growth, 3, padding=1, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+class Transition(nn.Sequential):
+    """BN-ReLU-Conv1x1 with compression, then 2x2 average pooling."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.AvgPool2d(2),
+        )
+
+
+class GlobalPool(nn.Sequential):
+    """The final BN-ReLU and the spatial mean: (B, C, H, W) -> (B, C)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(nn.BatchNorm2d(channels), nn.ReLU(inplace=False),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def block_channels(depth: int, growth: int, compression: float = 0.5) -> list[int]:
+    """Output channels of conv0, dense1, trans1, dense2, trans2, dense3 for DenseNet-BC."""
+    if (depth - 4) % 6:
+        raise ValueError(f"DenseNet-BC depth must be 6n+4, got {depth}")
+    n = (depth - 4) // 6
+    c = 2 * growth
+    out = [c]
+    for block in range(3):
+        c += n * growth
+        out.append(c)
+        if block < 2:
+            c = int(c * compression)
+            out.append(c)
+    return out
+
+
+class DenseNetBC(nn.Module):
+    """DenseNet-BC for 32x32 inputs in [0, 1]; depth 100 and growth 12 is the paper's model."""
+
+    def __init__(self, depth: int = 100, growth: int = 12, num_classes: int = 10,
+                 compression: float = 0.5) -> None:
+        super().__init__()
+        n = (depth - 4) // 6
+        ch = block_channels(depth, growth, compression)
+        self.conv0 = nn.Conv2d(3, ch[0], 3, padding=1, bias=False)
+        self.dense1 = nn.Sequential(*(Bottleneck(ch[0] + i * growth, growth) for i in range(n)))
+        self.trans1 = Transition(ch[1], ch[2])
+        self.dense2 = nn.Sequential(*(Bottleneck(ch[2] + i * growth, growth) for i in range(n)))
+        self.trans2 = Transition(ch[3], ch[4])
+        self.dense3 = nn.Sequential(*(Bottleneck(ch[4] + i * growth, growth) for i in range(n)))
+        self.pool = GlobalPool(ch[5])
+        self.classifier = nn.Linear(ch[5], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv0(x)
+        x = self.trans1(self.dense1(x))
+        x = self.trans2(self.dense2(x))
+        return self.classifier(self.pool(self.dense3(x)))

@@ -1,0 +1,329 @@
+"""The stage chain of one experiment, with its cache (design.md, "Stages and their cache").
+
+targets -> realizations -> (y, G) -> predictions -> metrics -> re-optimization/SSIM
+-> results.parquet
+
+Each expensive stage's output is keyed by a hash of exactly the configuration it depends on
+(plus a stage version) and written atomically, so a sweep over k recomputes from the
+realizations on, and a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ifv.errors import UserError
+from ifv.fv import FVSettings, adam, visualize
+from ifv.inverse import full_space, solve, unit
+from ifv.jacobian import METHODS, response_and_gram
+from ifv.metrics import (
+    alpha_coefficients,
+    angular_distance,
+    critical_fraction,
+    random_objective,
+    relative_residual,
+    ssim,
+)
+from ifv.models import check_layer, get_spec, load
+from ifv.models.registry import ModelSpec
+from ifv.objective import AGGREGATIONS, Response
+from ifv.param import make_param
+from ifv.sampling import hoyer, sample_targets
+from ifv.store import atomic_write, content_key, default_cache_dir
+
+STAGE_VERSION = {"realizations": 1, "jacobian": 1, "reopt": 1}
+OBJECTIVES = ("target", "pred", "response", "random")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything one run depends on, as plain values (the Hydra config, validated)."""
+
+    name: str
+    model: str
+    layer: str
+    features: tuple[int, ...]
+    aggregation: str
+    k: float
+    param: dict[str, Any]
+    n_random: int
+    n_canonical: int
+    fv: FVSettings
+    reopt_steps: int
+    reopt_lr: float
+    reopt_batch: int
+    stable_ssim: float
+    seed: int
+    weights: str | None = None
+    model_cache: str | None = None
+    train_overrides: tuple[tuple[str, Any], ...] = ()
+    jacobian_method: str = "loop"
+    jacobian_max_bytes: int = 1 << 30
+
+    @property
+    def n_f(self) -> int:
+        return len(self.features)
+
+    def spec(self) -> ModelSpec:
+        return get_spec(self.model).with_recipe(**dict(self.train_overrides))
+
+
+def from_config(cfg: Any) -> Experiment:
+    """Validate a composed config (OmegaConf or nested dict) into an ``Experiment``."""
+    def get(path: str, default: Any = None) -> Any:
+        node = cfg
+        for part in path.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+            if node is None:
+                return default
+        return node
+
+    spec = get_spec(str(get("model.name")))
+    spec = spec.with_recipe(**dict(get("model.train", {}) or {}))
+    layer = str(get("layer"))
+    indices = get("features.indices")
+    n = get("features.n")
+    selection = [int(i) for i in indices] if indices is not None else n
+    if not isinstance(selection, list) and (not isinstance(selection, int) or selection < 1):
+        raise UserError(f"features.n must be a positive integer, got {n!r}")
+    features = check_layer(spec, layer, selection)
+    aggregation = str(get("aggregation.name"))
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    k = get("k")
+    if not isinstance(k, int | float) or k < 0:
+        raise UserError(f"k must be a number >= 0, got {k!r}")
+    method = str(get("jacobian.method", "loop"))
+    if method not in METHODS:
+        raise UserError(f"unknown jacobian.method {method!r}; valid: {', '.join(METHODS)}")
+    counts = {p: get(p) for p in ("sampling.n_random", "sampling.n_canonical", "fv.adam_steps",
+                                  "fv.lbfgs_steps", "fv.batch_size", "reopt.steps",
+                                  "reopt.batch_size")}
+    for key, val in counts.items():
+        if not isinstance(val, int) or val < 0:
+            raise UserError(f"{key} must be an integer >= 0, got {val!r}")
+    if counts["sampling.n_random"] + counts["sampling.n_canonical"] == 0:
+        raise UserError("no targets: sampling.n_random + sampling.n_canonical must be >= 1")
+    fv = FVSettings(adam_steps=counts["fv.adam_steps"], adam_lr=float(get("fv.adam_lr")),
+                    lbfgs_steps=counts["fv.lbfgs_steps"], history=int(get("fv.history")),
+                    tol=float(get("fv.tol")), batch_size=max(1, counts["fv.batch_size"]))
+    return Experiment(
+        name=str(get("name")), model=spec.name, layer=layer, features=tuple(features),
+        aggregation=aggregation, k=float(k), param=dict(get("param")),
+        n_random=counts["sampling.n_random"], n_canonical=counts["sampling.n_canonical"],
+        fv=fv, reopt_steps=counts["reopt.steps"], reopt_lr=float(get("reopt.lr")),
+        reopt_batch=max(1, counts["reopt.batch_size"]),
+        stable_ssim=float(get("reopt.stable_ssim", 0.7)), seed=int(get("seed", 0)),
+        weights=get("model.weights"), model_cache=get("model.cache_dir"),
+        train_overrides=tuple(sorted(dict(get("model.train", {}) or {}).items())),
+        jacobian_method=method, jacobian_max_bytes=int(get("jacobian.max_bytes", 1 << 30)),
+    )
+
+
+class StageCache:
+    """Stage outputs as .pt files named by a hash of the config each stage depends on."""
+
+    def __init__(self, root: str | Path | None) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir() / "stages"
+
+    def get_or_compute(self, stage: str, key: dict[str, Any],
+                       compute: Callable[[], dict[str, Any]], log: Callable[[str], None],
+                       ) -> dict[str, Any]:
+        path = self.root / stage / f"{content_key({'v': STAGE_VERSION[stage], **key})}.pt"
+        if path.exists():
+            log(f"{stage}: cached ({path})")
+            return torch.load(path, weights_only=True)
+        out = compute()
+        atomic_write(path, lambda p: torch.save(out, p))
+        return out
+
+
+def _model_key(exp: Experiment, spec: ModelSpec) -> dict[str, Any]:
+    weights = exp.weights
+    if weights and weights != "random":
+        stat = Path(weights).expanduser().stat()
+        weights = f"{Path(weights).expanduser().resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return {"model": spec.name, "key": spec.key(), "weights": weights}
+
+
+def ensure_model(exp: Experiment, log: Callable[[str], None], progress: bool) -> Any:
+    """The network, trained first if it is an offline model missing from the cache."""
+    spec = exp.spec()
+    if exp.weights is None and not spec.checkpoint(exp.model_cache).exists():
+        if spec.tier != "offline":
+            raise UserError(f"no weights for {spec.name}; see `ifv list`")
+        from ifv.train import train
+
+        log(f"model {spec.name} is not in the model cache: training it (once)")
+        rec = train(spec, exp.model_cache, progress=progress)
+        log(f"trained {spec.name}: test accuracy {rec['test_accuracy']:.3f} "
+            f"in {rec['train_seconds']:.0f} s -> {rec['checkpoint']}")
+    return load(spec, weights=exp.weights, cache_dir=exp.model_cache)
+
+
+def _predict(y: Tensor, gram: Tensor, k: float, basis: Tensor) -> tuple[Tensor, float]:
+    t0 = time.perf_counter()
+    x_pred, _ = solve(y, gram, k, basis)
+    return x_pred, time.perf_counter() - t0
+
+
+def reoptimize(response: Response, v: Tensor, objectives: dict[str, Tensor], k: float,
+               steps: int, lr: float, batch: int, progress: bool) -> dict[str, Tensor]:
+    """Re-optimize every realization w.r.t. each objective with Adam (Sec. 3.4).
+
+    Returns the re-optimized parameters per objective, each (N, *shape).
+    """
+    names = list(objectives)
+    x_all = torch.cat([objectives[n].to(v.dtype) for n in names])
+    v_all = v.repeat(len(names), *([1] * (v.dim() - 1)))
+    from tqdm.auto import tqdm
+
+    nb = -(-len(x_all) // batch)
+    bar = tqdm(total=nb * steps, desc="re-opt", disable=not progress, unit="step", leave=False)
+    out = torch.cat([adam(response, v_all[i:i + batch], x_all[i:i + batch], k, steps, lr, bar)
+                     for i in range(0, len(x_all), batch)])
+    bar.close()
+    return dict(zip(names, out.split(len(v)), strict=True))
+
+
+def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None = None,
+        progress: bool = True, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run one experiment; writes results.parquet and critical.parquet into ``out_dir``."""
+    out_dir = Path(out_dir)
+    cache = StageCache(stage_cache)
+    spec = exp.spec()
+    model = ensure_model(exp, log, progress)
+    h, w = spec.input_size
+    param = make_param(exp.param["name"], h, w,
+                       **{k: v for k, v in exp.param.items() if k != "name"})
+    response = Response(model, param, exp.layer, exp.features, exp.aggregation)
+
+    # targets (Supp. S2): cheap and deterministic, recomputed
+    x, canonical = sample_targets(exp.n_random, exp.n_canonical, exp.n_f, exp.seed)
+    n = len(x)
+    log(f"{exp.name}: {spec.name}.{exp.layer}, n_f={exp.n_f}, {exp.aggregation}, k={exp.k:g}, "
+        f"P_{exp.param['name']}, {n} targets ({int(canonical.sum())} canonical)")
+
+    real_key = {"model": _model_key(exp, spec), "layer": exp.layer, "features": exp.features,
+                "aggregation": exp.aggregation, "k": exp.k, "param": exp.param,
+                "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": asdict(exp.fv)}
+
+    def realize() -> dict[str, Any]:
+        r = visualize(response, param.init, x, exp.k, exp.fv, seed=exp.seed, progress=progress,
+                      desc="FV realizations")
+        return {"v": r.v, "loss": r.loss, "grad_norm": r.grad_norm, "iters": r.iters,
+                "seconds": r.seconds}
+
+    real = cache.get_or_compute("realizations", real_key, realize, log)
+    v = real["v"]
+
+    def jac() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        y, gram = response_and_gram(response, v, method=exp.jacobian_method,
+                                    max_bytes=exp.jacobian_max_bytes, progress=progress)
+        return {"y": y, "gram": gram, "seconds": time.perf_counter() - t0}
+
+    jac_out = cache.get_or_compute("jacobian", {"realizations": real_key}, jac, log)
+    y, gram = jac_out["y"], jac_out["gram"]
+
+    basis = full_space(exp.n_f)
+    x_pred, t_pred = _predict(y, gram, exp.k, basis)
+    g = torch.Generator().manual_seed(exp.seed + 1)
+    x_rand = random_objective(n, exp.n_f, g)
+    objectives = {"target": x, "pred": x_pred, "response": unit(y), "random": x_rand}
+
+    reopt_key = {"realizations": real_key, "steps": exp.reopt_steps, "lr": exp.reopt_lr,
+                 "batch": exp.reopt_batch, "pred": content_key(x_pred.numpy().round(10).tolist()),
+                 "random_seed": exp.seed + 1}
+
+    def reopt() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        moved = reoptimize(response, v, objectives, exp.k, exp.reopt_steps, exp.reopt_lr,
+                           exp.reopt_batch, progress)
+        before = param.render(v)
+        scores = {f"ssim_{o}": ssim(before, param.render(moved[o])) for o in OBJECTIVES}
+        return {**scores, "seconds": time.perf_counter() - t0}
+
+    re = cache.get_or_compute("reopt", reopt_key, reopt, log)
+
+    angle_pred = angular_distance(x, x_pred)
+    df = pd.DataFrame({
+        "experiment": exp.name,
+        "model": spec.name,
+        "tier": spec.tier,
+        "stand_in": spec.tier == "offline",
+        "layer": exp.layer,
+        "n_features": exp.n_f,
+        "aggregation": exp.aggregation,
+        "k": exp.k,
+        "param": exp.param["name"],
+        "seed": exp.seed,
+        "sample": np.arange(n),
+        "canonical": canonical.numpy(),
+        "hoyer": hoyer(x).numpy(),
+        "critical_dim": exp.n_f,
+        "angle_pred": angle_pred.numpy(),
+        "angle_response": angular_distance(x, y).numpy(),
+        "angle_random": angular_distance(x, x_rand).numpy(),
+        "crit_fraction": critical_fraction(x, y, exp.k, basis).numpy(),
+        "alpha": list(alpha_coefficients(x, y, gram, exp.k).numpy()),
+        **{f"ssim_{o}": re[f"ssim_{o}"].numpy() for o in OBJECTIVES},
+        "stable": (re["ssim_target"] >= exp.stable_ssim).numpy(),
+        "rel_residual": relative_residual(x, y, gram, exp.k).numpy(),
+        "grad_norm": real["grad_norm"].double().numpy(),
+        "lbfgs_iters": real["iters"].numpy(),
+        "t_fv": real["seconds"] / n,
+        "t_jacobian": jac_out["seconds"] / n,
+        "t_predict": t_pred / n,
+        "t_reopt": re["seconds"] / n,
+        "target": list(x.numpy()),
+        "prediction": list(x_pred.numpy()),
+        "response": list(y.numpy()),
+    })
+    crit = pd.DataFrame({"experiment": [exp.name], "critical_dim": [exp.n_f],
+                         "rho_min": [np.nan], "rho_max": [np.nan],
+                         "complement": [np.zeros((0,), dtype=np.float64)]})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
+    atomic_write(out_dir / "critical.parquet", lambda p: crit.to_parquet(p, index=False))
+    _figures(df, param.render(v), canonical, x, out_dir)
+    return df
+
+
+def _figures(df: pd.DataFrame, images: Tensor, canonical: Tensor, x: Tensor, out: Path) -> None:
+    from ifv.plots import alpha_bars, angle_ssim, realizations_grid, ssim_kde
+
+    titles = [f"e_{int(xi.argmax())}" if c else f"h={float(hv):.2f}"
+              for xi, c, hv in zip(x, canonical, df["hoyer"], strict=True)]
+    realizations_grid(images, out / "realizations.png", titles=titles)
+    title = f"{df.experiment.iloc[0]}: {df.model.iloc[0]}.{df.layer.iloc[0]}, k={df.k.iloc[0]:g}"
+    angle_ssim(df, out / "angle_ssim.png", title=title)
+    alpha_bars(np.stack(df["alpha"].to_numpy()).mean(0), out / "alpha.png", title=title)
+    ssim_kde(df, out / "ssim_kde.png", title=title)
+
+
+def summary(df: pd.DataFrame) -> str:
+    """A few lines: median angles and SSIMs, as in Sec. 3.4."""
+    med = df.median(numeric_only=True)
+    can, rnd = df[df.canonical], df[~df.canonical]
+    lines = [
+        f"samples: {len(df)} ({int(df.canonical.sum())} canonical), "
+        f"stable: {int(df.stable.sum())}",
+        f"median angle to target [deg]: predicted {med.angle_pred:.1f} "
+        f"(canonical {can.angle_pred.median():.1f}, sampled {rnd.angle_pred.median():.1f}), "
+        f"response {med.angle_response:.1f}, random {med.angle_random:.1f}",
+        f"median SSIM after re-optimization: target {med.ssim_target:.3f}, "
+        f"predicted {med.ssim_pred:.3f}, response {med.ssim_response:.3f}, "
+        f"random {med.ssim_random:.3f}",
+        f"median relative residual ||x^T Z Dy||/||Z Dy||: {med.rel_residual:.2e}",
+    ]
+    return "\n".join(lines)
