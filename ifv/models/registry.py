@@ -140,10 +140,12 @@ def load(name: str | ModelSpec, *, weights: str | None = None,
 
     ``weights``: None loads the trained checkpoint from the model cache (train it with
     ``ifv train model=NAME``), a path loads that file, ``"random"`` keeps the random
-    initialization (for tests and timing only).
+    initialization (for tests and timing only), the same one every time (seed 0).
     """
     spec = get_spec(name) if isinstance(name, str) else name
-    model = spec.build()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = spec.build()
     if weights != "random":
         path = Path(weights).expanduser() if weights else spec.checkpoint(cache_dir)
         if not path.exists():

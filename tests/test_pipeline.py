@@ -1,0 +1,73 @@
+"""End to end: `ifv run` on a tiny configuration, the results contract, the stage cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ifv.cli import main
+
+CONTRACT = [
+    "experiment", "model", "layer", "n_features", "aggregation", "k", "param", "seed",
+    "sample", "canonical", "hoyer", "critical_dim", "angle_pred", "angle_response",
+    "angle_random", "crit_fraction", "alpha", "ssim_target", "ssim_pred", "ssim_response",
+    "ssim_random", "stable", "t_fv", "t_jacobian", "t_predict", "t_reopt",
+]
+TINY = ["model.weights=random", "features.n=4", "sampling.n_random=2",
+        "sampling.n_canonical=2", "fv.adam_steps=3", "fv.lbfgs_steps=3", "reopt.steps=2",
+        "progress=false"]
+
+
+def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(["run", *TINY, f"hydra.run.dir={out}"]) == 0
+    df = pd.read_parquet(out / "results.parquet")
+    assert not set(CONTRACT) - set(df.columns)
+    assert len(df) == 4 and df.canonical.sum() == 2
+    assert df.angle_pred.between(0, 90).all() and df.angle_response.between(0, 90).all()
+    assert (df.critical_dim == 4).all() and np.allclose(df.crit_fraction, 1.0)
+    assert all(len(a) == 4 and abs(sum(a) - 1) < 1e-9 for a in df.alpha)
+    crit = pd.read_parquet(out / "critical.parquet")
+    assert list(crit.columns) == ["experiment", "critical_dim", "rho_min", "rho_max",
+                                  "complement"]
+    for png in ("angle_ssim.png", "alpha.png", "realizations.png", "ssim_kde.png"):
+        assert (out / png).stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "median angle to target" in printed
+
+    # the same config again is served from the stage cache, with the same numbers
+    out2 = tmp_path / "again"
+    assert main(["run", *TINY, f"hydra.run.dir={out2}"]) == 0
+    assert "realizations: cached" in capsys.readouterr().out
+    again = pd.read_parquet(out2 / "results.parquet")
+    pd.testing.assert_frame_equal(df.drop(columns=[c for c in df if c.startswith("t_")]),
+                                  again.drop(columns=[c for c in again if c.startswith("t_")]))
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["experiment=nope"], "unknown experiment 'nope'; valid: dnde_simple"),
+    (["model=nope"], "unknown model 'nope'; valid: densenet_patterns"),
+    (["layer=nope"], "has no layer 'nope'; valid: conv0"),
+    (["features.n=1000"], "features=1000 is larger than the 69 channels"),
+    (["k=="], "malformed override"),
+    (["nosuchkey=3"], "invalid configuration"),
+    (["aggregation=median"], "unknown aggregation 'median'; valid: center"),
+])
+def test_user_errors_are_one_line(args: list[str], expect: str,
+                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "model.weights=random", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_list_and_help(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "densenet_patterns" in out and "dense3 (69)" in out and "dnde_simple" in out
+    assert main(["--help"]) == 0
+    assert "ifv run" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
