@@ -12,7 +12,8 @@ usage: ifv COMMAND [hydra overrides]
 commands:
   run [-m] [KEY=VALUE ...]   run an experiment of the paper (default: experiment=dnde_simple);
                              -m runs a sweep, e.g. ifv run -m k=0,2 features=n32,n64
-  train model=NAME [...]     train a zoo model into the model cache (offline tier)
+  train model=NAME [...]     train a zoo model into the model cache (offline tier; paper
+                             tier: densenet_cifar[_ex4] on CIFAR-10 at model.data.root)
   list                       experiments, models (tier, weights present) and their layers
   --help                     this text; `ifv run --help` shows the composed config
 
@@ -28,7 +29,20 @@ Caches: $IFV_CACHE (default ~/.cache/ifv): models/ and stages/.
 
 CONF = Path(__file__).parent / "conf"
 GROUPS = ("model", "features", "aggregation", "param", "fv", "sampling", "reopt", "jacobian",
-          "profile", "experiment")
+          "critical", "profile", "experiment")
+
+
+def _register_resolvers() -> None:
+    """${zoo:NETWORK,TIER} names the zoo model that plays a network in a tier."""
+    from omegaconf import OmegaConf
+
+    from ifv.models.registry import model_for
+
+    if not OmegaConf.has_resolver("zoo"):
+        OmegaConf.register_new_resolver("zoo", model_for)
+
+
+_register_resolvers()
 
 
 class _Fail(Exception):
@@ -72,13 +86,20 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from omegaconf import OmegaConf
+
     single = _check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            return hydra_compose(config_name="config", overrides=single)
+            cfg = hydra_compose(config_name="config", overrides=single)
+        OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # noqa: BLE001 - Hydra's config errors become one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        user = "UserError raised while resolving interpolation: "
+        if user in first:
+            raise _Fail(first.split(user, 1)[1]) from None
         raise _Fail(f"invalid configuration: {first}") from None
+    return cfg
 
 
 def _run_task(cfg: Any) -> None:
@@ -133,19 +154,27 @@ def cmd_train(args: list[str]) -> int:
     if not any(a.startswith("model=") for a in args):
         raise _Fail(f"which model? use ifv train model=NAME; valid: {', '.join(choices('model'))}")
     cfg = compose(args)
+    data = cfg.model.get("data") or {}
     try:
         spec = get_spec(cfg.model.name).with_recipe(**dict(cfg.model.get("train") or {}))
-        if spec.tier != "offline":
-            raise UserError(f"{spec.name} is a paper-tier model; see `ifv list`")
-        rec = train(spec, cfg.model.get("cache_dir"), progress=True)
+        rec = train(spec, cfg.model.get("cache_dir"), progress=bool(cfg.get("progress", True)),
+                    data_root=data.get("root"), download=bool(data.get("download", False)))
     except UserError as exc:
         raise _Fail(str(exc)) from None
-    print(f"trained {rec['model']} ({rec['tier']} tier) in {rec['train_seconds']:.0f} s")
+    print(f"trained {rec['model']} ({rec['tier']} tier) in {rec['train_seconds']:.0f} s "
+          f"on {rec['device']} ({rec['n_train']} training images)")
     print(f"  test accuracy {rec['test_accuracy']:.4f} (seen classes "
           f"{rec['test_accuracy_seen_classes']:.4f})")
-    print(f"  classifier: softmax share ||1^T W||/(sqrt(n)||W||) = {rec['softmax_share']:.3g}"
-          + "".join(f", {k} = {v:.3g}" for k, v in rec.items() if k.startswith("dead_share")))
-    print(f"  checkpoint: {rec['checkpoint']}")
+    if "softmax_share" in rec:
+        print(f"  classifier: softmax share ||1^T W||/(sqrt(n)||W||) = "
+              f"{rec['softmax_share']:.3g}"
+              + "".join(f", {k} = {v:.3g}" for k, v in rec.items()
+                        if k.startswith("dead_share")))
+    print(f"  output Jacobian (median over test images): (1,..,1) at "
+          f"{rec['softmax_angle']:.1f} deg from the near-null space"
+          + "".join(f", {k} = {v:.3g}" for k, v in rec.items()
+                    if k.startswith(("dead_angle", "dead_grad"))))
+    print(f"  checkpoint: {rec['checkpoint']} (record: .json beside it)")
     return 0
 
 
@@ -162,9 +191,13 @@ def cmd_list(args: list[str]) -> int:
     print("aggregation: " + ", ".join(choices("aggregation")))
     print("models:")
     for spec in MODELS.values():
-        path = spec.checkpoint(cache)
-        have = "weights present" if path.exists() else "not trained (ifv train model=" \
-            + spec.name + ")"
+        path = spec.weights_file(cache)
+        if path.exists():
+            have = f"weights present ({path})"
+        elif spec.trainable:
+            have = f"not trained (ifv train model={spec.name})"
+        else:
+            have = f"weights missing: place {path} or pass model.download=true"
         print(f"  {spec.name:24s} {spec.tier:8s} {have}")
         print(f"    {spec.description}")
         print("    layers: " + ", ".join(f"{k} ({c})" for k, c in spec.layers.items()))

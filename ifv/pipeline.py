@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ifv.critical import CriticalSpace, best_space, complement, critical_space, rho_search
 from ifv.errors import UserError
 from ifv.fv import FVSettings, adam, visualize
 from ifv.inverse import full_space, solve, unit
@@ -29,6 +30,7 @@ from ifv.metrics import (
     alpha_coefficients,
     angular_distance,
     critical_fraction,
+    projected_angle,
     random_objective,
     relative_residual,
     ssim,
@@ -68,6 +70,10 @@ class Experiment:
     train_overrides: tuple[tuple[str, Any], ...] = ()
     jacobian_method: str = "loop"
     jacobian_max_bytes: int = 1 << 30
+    critical_search: bool = False
+    critical_n: int = 32
+    critical_order: str = "sequential"
+    critical_rho: float | None = None
 
     @property
     def n_f(self) -> int:
@@ -105,28 +111,63 @@ def from_config(cfg: Any) -> Experiment:
     method = str(get("jacobian.method", "loop"))
     if method not in METHODS:
         raise UserError(f"unknown jacobian.method {method!r}; valid: {', '.join(METHODS)}")
-    counts = {p: get(p) for p in ("sampling.n_random", "sampling.n_canonical", "fv.adam_steps",
-                                  "fv.lbfgs_steps", "fv.batch_size", "reopt.steps",
-                                  "reopt.batch_size")}
+    counts = {p: get(p) for p in ("sampling.n_total", "fv.adam_steps", "fv.lbfgs_steps",
+                                  "fv.batch_size", "reopt.steps", "reopt.batch_size")}
     for key, val in counts.items():
         if not isinstance(val, int) or val < 0:
             raise UserError(f"{key} must be an integer >= 0, got {val!r}")
-    if counts["sampling.n_random"] + counts["sampling.n_canonical"] == 0:
-        raise UserError("no targets: sampling.n_random + sampling.n_canonical must be >= 1")
+    n_total = counts["sampling.n_total"]
+    n_canonical = _n_canonical(get("sampling.canonical", "half"), n_total, len(features))
     fv = FVSettings(adam_steps=counts["fv.adam_steps"], adam_lr=float(get("fv.adam_lr")),
                     lbfgs_steps=counts["fv.lbfgs_steps"], history=int(get("fv.history")),
                     tol=float(get("fv.tol")), batch_size=max(1, counts["fv.batch_size"]))
     return Experiment(
         name=str(get("name")), model=spec.name, layer=layer, features=tuple(features),
         aggregation=aggregation, k=float(k), param=dict(get("param")),
-        n_random=counts["sampling.n_random"], n_canonical=counts["sampling.n_canonical"],
+        n_random=n_total - n_canonical, n_canonical=n_canonical,
         fv=fv, reopt_steps=counts["reopt.steps"], reopt_lr=float(get("reopt.lr")),
         reopt_batch=max(1, counts["reopt.batch_size"]),
         stable_ssim=float(get("reopt.stable_ssim", 0.7)), seed=int(get("seed", 0)),
         weights=get("model.weights"), model_cache=get("model.cache_dir"),
         train_overrides=tuple(sorted(dict(get("model.train", {}) or {}).items())),
         jacobian_method=method, jacobian_max_bytes=int(get("jacobian.max_bytes", 1 << 30)),
+        **_critical_options(get),
     )
+
+
+def _critical_options(get: Callable[..., Any]) -> dict[str, Any]:
+    """The ``critical`` group: Algorithm 1 on the first n Jacobians, rho search or fixed rho."""
+    search = bool(get("critical.search", False))
+    n = get("critical.n_jacobians", 32)
+    if not isinstance(n, int) or n < 2:
+        raise UserError(f"critical.n_jacobians must be an integer >= 2, got {n!r}")
+    rho = get("critical.rho")
+    if rho is not None and not (isinstance(rho, int | float) and 0 < rho < 1):
+        raise UserError(f"critical.rho must be in (0, 1) or null (search), got {rho!r}")
+    order = str(get("critical.order", "sequential"))
+    if order not in ("sequential", "pairwise") and not order.startswith("random:"):
+        raise UserError(f"unknown critical.order {order!r}; valid: sequential, pairwise, "
+                        "random:SEED")
+    return {"critical_search": search, "critical_n": n, "critical_order": order,
+            "critical_rho": None if rho is None else float(rho)}
+
+
+def _n_canonical(canonical: Any, n_total: int, n_f: int) -> int:
+    """Canonical targets among ``n_total``: ``half``, ``all`` (each e_i once) or a number."""
+    if n_total < 1:
+        raise UserError(f"sampling.n_total must be >= 1, got {n_total}")
+    if canonical == "half":
+        return n_total // 2
+    if canonical == "all":
+        n = n_f
+    elif isinstance(canonical, int) and not isinstance(canonical, bool) and canonical >= 0:
+        n = canonical
+    else:
+        raise UserError(f"sampling.canonical must be half, all or a number >= 0, got "
+                        f"{canonical!r}")
+    if n > n_total:
+        raise UserError(f"{n} canonical targets do not fit in sampling.n_total={n_total}")
+    return n
 
 
 class StageCache:
@@ -168,12 +209,6 @@ def ensure_model(exp: Experiment, log: Callable[[str], None], progress: bool) ->
         log(f"trained {spec.name}: test accuracy {rec['test_accuracy']:.3f} "
             f"in {rec['train_seconds']:.0f} s -> {rec['checkpoint']}")
     return load(spec, weights=exp.weights, cache_dir=exp.model_cache)
-
-
-def _predict(y: Tensor, gram: Tensor, k: float, basis: Tensor) -> tuple[Tensor, float]:
-    t0 = time.perf_counter()
-    x_pred, _ = solve(y, gram, k, basis)
-    return x_pred, time.perf_counter() - t0
 
 
 def reoptimize(response: Response, v: Tensor, objectives: dict[str, Tensor], k: float,
@@ -235,28 +270,30 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     jac_out = cache.get_or_compute("jacobian", {"realizations": real_key}, jac, log)
     y, gram = jac_out["y"], jac_out["gram"]
 
-    basis = full_space(exp.n_f)
-    x_pred, t_pred = _predict(y, gram, exp.k, basis)
+    spaces = critical_candidates(exp, gram, log)
+    t0 = time.perf_counter()
+    preds = [solve(y, gram, exp.k, sp.basis)[0] for sp in spaces]
+    t_pred = (time.perf_counter() - t0) / len(spaces)
     g = torch.Generator().manual_seed(exp.seed + 1)
     x_rand = random_objective(n, exp.n_f, g)
-    objectives = {"target": x, "pred": x_pred, "response": unit(y), "random": x_rand}
+    objectives = {"target": x, "response": unit(y), "random": x_rand,
+                  **{f"pred{i}": p for i, p in enumerate(preds)}}
 
     reopt_key = {"realizations": real_key, "steps": exp.reopt_steps, "lr": exp.reopt_lr,
-                 "batch": exp.reopt_batch, "pred": content_key(x_pred.numpy().round(10).tolist()),
-                 "random_seed": exp.seed + 1}
+                 "batch": exp.reopt_batch, "random_seed": exp.seed + 1,
+                 "preds": content_key([p.numpy().round(10).tolist() for p in preds])}
 
     def reopt() -> dict[str, Any]:
         t0 = time.perf_counter()
         moved = reoptimize(response, v, objectives, exp.k, exp.reopt_steps, exp.reopt_lr,
                            exp.reopt_batch, progress)
         before = param.render(v)
-        scores = {f"ssim_{o}": ssim(before, param.render(moved[o])) for o in OBJECTIVES}
+        scores = {f"ssim_{o}": ssim(before, param.render(moved[o])) for o in objectives}
         return {**scores, "seconds": time.perf_counter() - t0}
 
     re = cache.get_or_compute("reopt", reopt_key, reopt, log)
 
-    angle_pred = angular_distance(x, x_pred)
-    df = pd.DataFrame({
+    common = {
         "experiment": exp.name,
         "model": spec.name,
         "tier": spec.tier,
@@ -270,13 +307,14 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
         "sample": np.arange(n),
         "canonical": canonical.numpy(),
         "hoyer": hoyer(x).numpy(),
-        "critical_dim": exp.n_f,
-        "angle_pred": angle_pred.numpy(),
+    }
+    per_sample = {
         "angle_response": angular_distance(x, y).numpy(),
         "angle_random": angular_distance(x, x_rand).numpy(),
-        "crit_fraction": critical_fraction(x, y, exp.k, basis).numpy(),
         "alpha": list(alpha_coefficients(x, y, gram, exp.k).numpy()),
-        **{f"ssim_{o}": re[f"ssim_{o}"].numpy() for o in OBJECTIVES},
+        "ssim_target": re["ssim_target"].numpy(),
+        "ssim_response": re["ssim_response"].numpy(),
+        "ssim_random": re["ssim_random"].numpy(),
         "stable": (re["ssim_target"] >= exp.stable_ssim).numpy(),
         "rel_residual": relative_residual(x, y, gram, exp.k).numpy(),
         "grad_norm": real["grad_norm"].double().numpy(),
@@ -286,12 +324,34 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
         "t_predict": t_pred / n,
         "t_reopt": re["seconds"] / n,
         "target": list(x.numpy()),
-        "prediction": list(x_pred.numpy()),
         "response": list(y.numpy()),
+    }
+    frames = []
+    for i, (sp, x_pred) in enumerate(zip(spaces, preds, strict=True)):
+        frames.append(pd.DataFrame({
+            **common,
+            "critical_dim": sp.dim,
+            "rho_min": sp.rho_min,
+            "rho_max": sp.rho_max,
+            "angle_pred": projected_angle(x, x_pred, y, exp.k, sp.basis).numpy(),
+            "crit_fraction": critical_fraction(x, y, exp.k, sp.basis).numpy(),
+            "ssim_pred": re[f"ssim_pred{i}"].numpy(),
+            **per_sample,
+            "prediction": list(x_pred.numpy()),
+        }))
+    df = pd.concat(frames, ignore_index=True)
+    best = best_space({sp.dim: torch.tensor(f.angle_pred.to_numpy())
+                       for sp, f in zip(spaces, frames, strict=True)})
+    df["best_space"] = df.critical_dim == best
+    crit = pd.DataFrame({
+        "experiment": exp.name,
+        "critical_dim": [sp.dim for sp in spaces],
+        "rho_min": [sp.rho_min for sp in spaces],
+        "rho_max": [sp.rho_max for sp in spaces],
+        "complement": [list(sp.complement.T.numpy()) for sp in spaces],
+        "median_angle_pred": [float(np.median(f.angle_pred)) for f in frames],
+        "best": [sp.dim == best for sp in spaces],
     })
-    crit = pd.DataFrame({"experiment": [exp.name], "critical_dim": [exp.n_f],
-                         "rho_min": [np.nan], "rho_max": [np.nan],
-                         "complement": [np.zeros((0,), dtype=np.float64)]})
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
     atomic_write(out_dir / "critical.parquet", lambda p: crit.to_parquet(p, index=False))
@@ -299,9 +359,37 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     return df
 
 
+def critical_candidates(exp: Experiment, gram: Tensor, log: Callable[[str], None],
+                        ) -> list[CriticalSpace]:
+    """C = R^{n_f} and, with ``critical.search``, every space Algorithm 1 finds (Sec. 3.5)."""
+    eye = full_space(exp.n_f)
+    spaces = [CriticalSpace(dim=exp.n_f, rho_min=float("nan"), rho_max=float("nan"),
+                            basis=eye, complement=eye[:, :0])]
+    if not exp.critical_search:
+        return spaces
+    sub = gram[:exp.critical_n]
+    if exp.critical_rho is not None:
+        basis = critical_space(sub, exp.critical_rho, order=exp.critical_order)
+        found = [CriticalSpace(dim=basis.shape[1], rho_min=exp.critical_rho,
+                               rho_max=exp.critical_rho, basis=basis,
+                               complement=complement(basis))]
+    else:
+        found = rho_search(sub, order=exp.critical_order)
+    for sp in found:
+        if sp.dim < exp.n_f:
+            spaces.append(sp)
+            log(f"critical space: dim {sp.dim} for rho in [{sp.rho_min:.3g}, {sp.rho_max:.3g}]")
+    return spaces
+
+
 def _figures(df: pd.DataFrame, images: Tensor, canonical: Tensor, x: Tensor, out: Path) -> None:
     from ifv.plots import alpha_bars, angle_ssim, realizations_grid, ssim_kde
 
+    if df.critical_dim.nunique() > 1:
+        pred_only = df.drop(columns=["ssim_target", "ssim_response", "ssim_random"])
+        angle_ssim(pred_only, out / "angle_ssim_spaces.png", group="critical_dim",
+                   title=f"{df.experiment.iloc[0]}: predictions per critical space")
+    df = df[df.best_space].reset_index(drop=True)
     titles = [f"e_{int(xi.argmax())}" if c else f"h={float(hv):.2f}"
               for xi, c, hv in zip(x, canonical, df["hoyer"], strict=True)]
     realizations_grid(images, out / "realizations.png", titles=titles)
@@ -312,10 +400,17 @@ def _figures(df: pd.DataFrame, images: Tensor, canonical: Tensor, x: Tensor, out
 
 
 def summary(df: pd.DataFrame) -> str:
-    """A few lines: median angles and SSIMs, as in Sec. 3.4."""
+    """A few lines: median angles and SSIMs (Sec. 3.4), per critical space where several."""
+    lines = []
+    if df.critical_dim.nunique() > 1:
+        for dim, sub in df.groupby("critical_dim", sort=False):
+            lines.append(f"critical space dim {dim}: median angle {sub.angle_pred.median():.1f} "
+                         f"deg, median SSIM {sub.ssim_pred.median():.3f}"
+                         + ("  <- best" if sub.best_space.iloc[0] else ""))
+    df = df[df.best_space]
     med = df.median(numeric_only=True)
     can, rnd = df[df.canonical], df[~df.canonical]
-    lines = [
+    lines += [
         f"samples: {len(df)} ({int(df.canonical.sum())} canonical), "
         f"stable: {int(df.stable.sum())}",
         f"median angle to target [deg]: predicted {med.angle_pred:.1f} "

@@ -22,12 +22,29 @@ from ifv.errors import UserError
 from ifv.models.registry import ModelSpec
 from ifv.store import atomic_write, write_json
 
-DATASETS = ("patterns",)
+DATASETS = ("patterns", "cifar10")
+SCHEDULES = ("onecycle", "step")
+JACOBIAN_IMAGES = 64  # test images on which output_jacobian_structure is measured
+DEFAULT_DATA_ROOT = "~/data"
 
 
-def dataset(spec: ModelSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Training and test images and labels of a zoo model; test data holds every class."""
+def dataset(spec: ModelSpec, data_root: str | Path | None = None, download: bool = False,
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training and test images and labels of a zoo model; test data holds every class.
+
+    Patterns are generated (float in [0, 1]); CIFAR-10 is read from ``data_root`` (default
+    ~/data; downloaded there only when ``download``) as uint8, the first ``n_train`` training
+    images left after dropping ``exclude_classes`` and the first ``n_test`` test images.
+    """
     r = spec.recipe
+    if r.dataset == "cifar10":
+        from ifv.data.cifar import load_cifar10
+
+        root = data_root or DEFAULT_DATA_ROOT
+        x_tr, y_tr = load_cifar10(root, train=True, download=download,
+                                  exclude=tuple(r.exclude_classes))
+        x_te, y_te = load_cifar10(root, train=False)
+        return x_tr[:r.n_train], y_tr[:r.n_train], x_te[:r.n_test], y_te[:r.n_test]
     if r.dataset != "patterns":
         raise UserError(f"unknown dataset {r.dataset!r}; valid: {', '.join(DATASETS)}")
     size = spec.input_size[0]
@@ -41,17 +58,27 @@ def pad_crop(x: Tensor, pad: int, g: torch.Generator) -> Tensor:
     """Pad each image by ``pad`` zeros and crop it back at a random offset (Sec. 3.1)."""
     if pad == 0:
         return x
-    h, w = x.shape[-2:]
+    b, c, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    off = torch.randint(0, 2 * pad + 1, (x.shape[0], 2), generator=g).tolist()
-    return torch.stack([xp[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(off)])
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=g)
+    rows = (off[:, 0, None] + torch.arange(h))[:, None, :, None]
+    cols = (off[:, 1, None] + torch.arange(w))[:, None, None, :]
+    return xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
+              rows, cols]
+
+
+def as_float(x: Tensor) -> Tensor:
+    """Images as float in [0, 1] (uint8 data sets are kept as uint8 until used)."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> tuple[float, Tensor]:
     """Accuracy and per-class accuracy (classes absent from y get NaN)."""
     model.eval()
-    pred = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    dev = next(model.parameters()).device
+    pred = torch.cat([model(as_float(x[i:i + batch]).to(dev)).argmax(1).cpu()
+                      for i in range(0, len(x), batch)])
     correct = (pred == y).double()
     per_class = torch.stack([correct[y == c].mean() if (y == c).any() else
                              torch.tensor(float("nan"), dtype=torch.float64)
@@ -59,14 +86,15 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> tuple[
     return float(correct.mean()), per_class
 
 
-def classifier_structure(model: nn.Module, exclude: tuple[int, ...]) -> dict[str, float]:
+def classifier_structure(model: nn.Module, exclude: tuple[int, ...],
+                         name: str = "classifier") -> dict[str, float]:
     """The structure the critical-space experiment relies on (Sec. 3.5).
 
     ``softmax_share``: ||1^T W|| / (sqrt(n) ||W||), how much the classifier still depends on
     adding a constant to all logits (0: exactly invariant). ``dead_share``: for each
     excluded class c, ||W_c|| / mean_j ||W_j|| (0: a dead output).
     """
-    w = model.classifier.weight.double()
+    w = getattr(model, name).weight.detach().double().cpu()
     out = {"softmax_share": float(w.sum(0).norm() / (math.sqrt(w.shape[0]) * w.norm()))}
     rows = w.norm(dim=1)
     for c in exclude:
@@ -74,23 +102,81 @@ def classifier_structure(model: nn.Module, exclude: tuple[int, ...]) -> dict[str
     return out
 
 
+def output_jacobian_structure(model: nn.Module, x: Tensor, exclude: tuple[int, ...],
+                              ) -> dict[str, float]:
+    """What Algorithm 1 sees of that structure: the Jacobian Dy of the logits on images.
+
+    For each image, Dy = d logits / d input (n x P) and its smallest left singular
+    directions. ``softmax_angle``: degrees between (1,...,1) and the span of the
+    1 + len(exclude) smallest ones; ``dead_angle_c``: the same for e_c (0: e_c lies in the
+    near-null space, as the paper's DN4cl critical space needs); ``dead_grad_share_c``:
+    ||d logit_c/d input|| / mean_j ||d logit_j/d input||. Medians over the images.
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    x = as_float(x).to(dev).requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x)
+        jac = torch.stack([torch.autograd.grad(out[:, j].sum(), x, retain_graph=True)[0]
+                           .flatten(1) for j in range(out.shape[1])], 1)  # (B, n, P)
+    jac = jac.detach().double().cpu()
+    n = jac.shape[1]
+    _, vecs = torch.linalg.eigh(jac @ jac.transpose(1, 2))  # ascending eigenvalues
+    low = vecs[:, :, :1 + len(exclude)]
+
+    def angle(v: Tensor) -> Tensor:
+        cos = (low.transpose(1, 2) @ (v / v.norm())).norm(dim=1).clamp(max=1.0)
+        return torch.rad2deg(torch.arccos(cos)).median()
+
+    rows = jac.norm(dim=2)
+    out_stats = {"softmax_angle": float(angle(torch.ones(n, dtype=torch.float64)))}
+    for c in exclude:
+        out_stats[f"dead_angle_{c}"] = float(angle(torch.eye(n, dtype=torch.float64)[c]))
+        out_stats[f"dead_grad_share_{c}"] = float((rows[:, c] / rows.mean(1)).median())
+    return out_stats
+
+
 def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool = True,
-          ) -> dict[str, Any]:
-    """Train ``spec`` with its recipe and write the checkpoint; returns the training record."""
+          data_root: str | Path | None = None, download: bool = False,
+          device: str | None = None) -> dict[str, Any]:
+    """Train ``spec`` with its recipe and write the checkpoint; returns the training record.
+
+    ``data_root``/``download``: where a file data set (CIFAR-10) lives and whether it may be
+    downloaded there. ``device``: None picks CUDA where there is one, else the CPU (the
+    same seed gives the same metrics on the same device and thread count).
+    """
     r = spec.recipe
+    if not spec.trainable:
+        raise UserError(f"{spec.name} uses pretrained weights ({spec.weights_source}) and is "
+                        "not trained by ifv; see `ifv list`")
+    if r.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {r.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(r.seed)
     g = torch.Generator().manual_seed(r.seed)
-    x_tr, y_tr, x_te, y_te = dataset(spec)
-    model = spec.build()
-    if hasattr(model, "classifier"):
+    x_tr, y_tr, x_te, y_te = dataset(spec, data_root, download)
+    if len(x_tr) == 0 or len(x_te) == 0:
+        raise UserError(f"no training or test images for {spec.name} (n_train={r.n_train}, "
+                        f"n_test={r.n_test})")
+    model = spec.build().to(dev)
+    head = getattr(model, spec.classifier, None)
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if isinstance(head, nn.Linear):
         # zero column sums stay zero under cross-entropy: see classifier_structure
-        nn.init.zeros_(model.classifier.weight)
-    opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, nesterov=True,
+        nn.init.zeros_(head.weight)
+        groups = [{"params": [p for p in model.parameters() if p is not head.weight]},
+                  {"params": [head.weight], "weight_decay": r.weight_decay
+                   if r.classifier_weight_decay is None else r.classifier_weight_decay}]
+    opt = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=True,
                           weight_decay=r.weight_decay)
     steps_per_epoch = math.ceil(len(x_tr) / r.batch_size)
     total = r.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
-                                                pct_start=0.15)
+    if r.schedule == "step":
+        sched: Any = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[total // 2, (3 * total) // 4], gamma=0.1)
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
+                                                    pct_start=0.15)
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"train {spec.name}", disable=not progress, unit="step")
     loss_avg = float("nan")
@@ -99,11 +185,11 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
         order = torch.randperm(len(x_tr), generator=g)
         for i in range(steps_per_epoch):
             idx = order[i * r.batch_size:(i + 1) * r.batch_size]
-            xb = pad_crop(x_tr[idx], r.pad_crop, g)
+            xb = pad_crop(as_float(x_tr[idx]), r.pad_crop, g)
             if r.flip:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            loss = F.cross_entropy(model(xb), y_tr[idx])
+            loss = F.cross_entropy(model(xb.to(dev)), y_tr[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -113,25 +199,37 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_avg:.3f}")
     bar.close()
+    train_seconds = time.perf_counter() - t0
     acc, per_class = evaluate(model, x_te, y_te)
     seen = [c for c in range(len(per_class)) if c not in r.exclude_classes]
+    exclude = tuple(r.exclude_classes)
+    if r.dataset == "cifar10":
+        data: dict[str, Any] = {"root": str(Path(data_root or DEFAULT_DATA_ROOT).expanduser()),
+                                "order_and_augmentation_seed": r.seed}
+    else:
+        data = {"train": 2 * r.seed + 1, "test": 2 * r.seed + 2}
     record = {
         "model": spec.name,
         "tier": spec.tier,
         "arch": spec.arch,
         "arch_kwargs": spec.arch_kwargs,
         "recipe": asdict(spec.recipe),
-        "data_seeds": {"train": 2 * r.seed + 1, "test": 2 * r.seed + 2},
+        "data_seeds": data,
+        "n_train": len(x_tr),
+        "n_test": len(x_te),
+        "device": str(dev),
         "train_loss": loss_avg,
         "test_accuracy": acc,
         "test_accuracy_seen_classes": float(per_class[seen].mean()),
         "per_class_accuracy": [float(a) for a in per_class],
-        **classifier_structure(model, tuple(r.exclude_classes)),
-        "train_seconds": time.perf_counter() - t0,
+        **(classifier_structure(model, exclude, spec.classifier)
+           if isinstance(head, nn.Linear) else {}),
+        **output_jacobian_structure(model, x_te[:JACOBIAN_IMAGES], exclude),
+        "train_seconds": train_seconds,
         "key": spec.key(),
     }
     path = spec.checkpoint(cache_dir)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     atomic_write(path, lambda p: torch.save({"state_dict": state, "record": record}, p))
     write_json(path.with_suffix(".json"), record)
     record["checkpoint"] = str(path)

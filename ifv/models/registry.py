@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from ifv.errors import UserError
+from ifv.models import googlenet as _gn
 from ifv.models.densenet import DenseNetBC, block_channels
+from ifv.models.googlenet import GoogLeNetFV
 from ifv.store import content_key, default_cache_dir
 
 
@@ -36,6 +38,17 @@ class Recipe:
     pad_crop: int = 4
     flip: bool = False
     seed: int = 0
+    # weight decay of the classifier's weight matrix alone (None: weight_decay); see
+    # ifv.train.classifier_structure for why the classifier's decay matters (Sec. 3.5)
+    classifier_weight_decay: float | None = None
+    # learning-rate schedule: "onecycle" (short CPU runs) or "step" (Huang et al. 2017:
+    # lr/10 at 50% and 75% of the epochs, the paper's DenseNet recipe)
+    schedule: str = "onecycle"
+
+
+# Recipe fields added after the first checkpoints were written: left out of a model's key
+# while they hold their default, so that existing checkpoints keep their names.
+_LATER_RECIPE_FIELDS = {"classifier_weight_decay": None, "schedule": "onecycle"}
 
 
 @dataclass(frozen=True)
@@ -50,21 +63,49 @@ class ModelSpec:
     layers: dict[str, int]
     recipe: Recipe = field(default_factory=Recipe)
     description: str = ""
+    # pretrained weights not trained by ifv, e.g. "torchvision:GoogLeNet_Weights.IMAGENET1K_V1"
+    # (the file in the torch hub cache); None: trained by `ifv train` into the model cache
+    weights_source: str | None = None
+    # (mean, std) per channel, applied inside the network to its [0, 1] input; None: none
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # the child module that computes the logits (zero-initialized by `ifv train`)
+    classifier: str = "classifier"
+
+    @property
+    def trainable(self) -> bool:
+        """Whether ``ifv train`` makes this model's weights."""
+        return self.weights_source is None
 
     def build(self) -> nn.Module:
         """A freshly initialized network of this architecture."""
         if self.arch == "densenet_bc":
             return DenseNetBC(**self.arch_kwargs)
+        if self.arch == "googlenet":
+            return GoogLeNetFV(**self.arch_kwargs, normalize=self.normalize)
         raise UserError(f"unknown architecture {self.arch!r}")
 
     def key(self) -> str:
         """Hash of the architecture and the recipe: the checkpoint's identity."""
-        return content_key({"arch": self.arch, "kwargs": self.arch_kwargs,
-                            "recipe": asdict(self.recipe)}, 10)
+        recipe = {k: v for k, v in asdict(self.recipe).items()
+                  if k not in _LATER_RECIPE_FIELDS or v != _LATER_RECIPE_FIELDS[k]}
+        ident: dict[str, Any] = {"arch": self.arch, "kwargs": self.arch_kwargs,
+                                 "recipe": recipe}
+        if self.weights_source is not None:
+            ident["weights"] = self.weights_source
+        if self.normalize is not None:
+            ident["normalize"] = self.normalize
+        return content_key(ident, 10)
 
     def checkpoint(self, cache_dir: str | Path | None = None) -> Path:
         base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         return base / "models" / f"{self.name}-{self.key()}.pt"
+
+    def weights_file(self, cache_dir: str | Path | None = None) -> Path:
+        """The file ``load`` reads by default: the hub-cache file of a pretrained source,
+        else the checkpoint ``ifv train`` writes."""
+        if self.weights_source is None:
+            return self.checkpoint(cache_dir)
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(_source_url(self)).name
 
     def with_recipe(self, **changes: Any) -> ModelSpec:
         """The same model with some recipe fields changed (e.g. epochs)."""
@@ -83,6 +124,18 @@ def _densenet_layers(depth: int, growth: int, num_classes: int = 10) -> dict[str
 
 
 _OFFLINE_DN = {"depth": 22, "growth": 12, "num_classes": 10}
+
+# GoogLeNet on the pattern classes: its resolution and recipe were chosen by measured
+# training time (`ifv train` within ~10 minutes on 2 CPU cores, >= 90% test accuracy).
+_GN_OFFLINE_SIZE = 64
+_GN_OFFLINE_RECIPE = Recipe(n_train=8000, epochs=3)
+
+# Huang et al. 2017 / Sec. 3.1: SGD with Nesterov momentum 0.9, batch 64, weight decay 1e-4,
+# 300 epochs, lr 0.1 divided by 10 at 50% and 75% of the epochs, random horizontal flips,
+# 4-pixel zero padding and random 32x32 crops; all 50000 training and 10000 test images.
+_CIFAR_RECIPE = Recipe(dataset="cifar10", n_train=50000, n_test=10000, epochs=300,
+                       batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4, pad_crop=4,
+                       flip=True, schedule="step")
 
 MODELS: dict[str, ModelSpec] = {
     "densenet_patterns": ModelSpec(
@@ -104,6 +157,53 @@ MODELS: dict[str, ModelSpec] = {
         layers=_densenet_layers(22, 12),
         recipe=Recipe(exclude_classes=(4,)),
         description="the same, never shown class 4 (stand-in for DenseNetEx4)",
+    ),
+    "googlenet_patterns": ModelSpec(
+        name="googlenet_patterns",
+        tier="offline",
+        arch="googlenet",
+        arch_kwargs={"num_classes": 10, "init_weights": True},
+        input_size=(_GN_OFFLINE_SIZE, _GN_OFFLINE_SIZE),
+        layers=_gn.layers(10),
+        recipe=_GN_OFFLINE_RECIPE,
+        classifier="fc",
+        description=f"torchvision's GoogLeNet on the 10 pattern classes at "
+                    f"{_GN_OFFLINE_SIZE}x{_GN_OFFLINE_SIZE} (stand-in for GoogLeNet on "
+                    "ImageNet)",
+    ),
+    "googlenet": ModelSpec(
+        name="googlenet",
+        tier="paper",
+        arch="googlenet",
+        arch_kwargs={"num_classes": 1000, "init_weights": False},
+        input_size=(224, 224),
+        layers=_gn.layers(1000),
+        weights_source="torchvision:GoogLeNet_Weights.IMAGENET1K_V1",
+        normalize=_gn.IMAGENET_V1_NORMALIZE,
+        classifier="fc",
+        description="GoogLeNet with torchvision's ImageNet weights (IMAGENET1K_V1, from the "
+                    "torch hub cache; model.download=true fetches them)",
+    ),
+    "densenet_cifar": ModelSpec(
+        name="densenet_cifar",
+        tier="paper",
+        arch="densenet_bc",
+        arch_kwargs={"depth": 100, "growth": 12, "num_classes": 10},
+        input_size=(32, 32),
+        layers=_densenet_layers(100, 12),
+        recipe=_CIFAR_RECIPE,
+        description="DenseNet-BC-100 (k=12, 0.8M weights) trained on CIFAR-10 by `ifv train` "
+                    "(Sec. 3.1 recipe: 300 epochs, for a GPU)",
+    ),
+    "densenet_cifar_ex4": ModelSpec(
+        name="densenet_cifar_ex4",
+        tier="paper",
+        arch="densenet_bc",
+        arch_kwargs={"depth": 100, "growth": 12, "num_classes": 10},
+        input_size=(32, 32),
+        layers=_densenet_layers(100, 12),
+        recipe=replace(_CIFAR_RECIPE, exclude_classes=(4,)),
+        description="the same, every training image of class 4 dropped (DenseNetEx4)",
     ),
 }
 
@@ -135,23 +235,40 @@ def check_layer(spec: ModelSpec, layer: str, features: int | list[int]) -> list[
 
 
 def load(name: str | ModelSpec, *, weights: str | None = None,
-         cache_dir: str | Path | None = None) -> nn.Module:
+         cache_dir: str | Path | None = None, download: bool = False) -> nn.Module:
     """The network in eval mode with frozen parameters.
 
-    ``weights``: None loads the trained checkpoint from the model cache (train it with
-    ``ifv train model=NAME``), a path loads that file, ``"random"`` keeps the random
-    initialization (for tests and timing only), the same one every time (seed 0).
+    ``weights``: None loads the default weights (``spec.weights_file``: the checkpoint of
+    ``ifv train model=NAME`` in the model cache, or for a pretrained source the file in the
+    torch hub cache, downloaded first only when ``download``); a path loads that file (an ifv
+    checkpoint or a plain state dict); ``"random"`` keeps the random initialization (for
+    tests and timing only), the same one every time (seed 0). Missing or unreadable weights
+    raise ``UserError``; nothing falls back to random weights.
     """
     spec = get_spec(name) if isinstance(name, str) else name
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = spec.build()
     if weights != "random":
-        path = Path(weights).expanduser() if weights else spec.checkpoint(cache_dir)
+        path = Path(weights).expanduser() if weights else spec.weights_file(cache_dir)
         if not path.exists():
-            raise UserError(f"no weights for {spec.name} at {path}; train them with "
-                            f"'ifv train model={spec.name}' or pass model.weights=PATH")
-        model.load_state_dict(read_checkpoint(path)["state_dict"])
+            if weights:
+                raise UserError(f"no weights file {path} (model.weights of {spec.name})")
+            if spec.weights_source is None:
+                how = ("needs CIFAR-10 at model.data.root; the paper's recipe runs "
+                       f"{spec.recipe.epochs} epochs, for a GPU)"
+                       if spec.recipe.dataset == "cifar10" else "runs on the CPU)")
+                raise UserError(f"no weights for {spec.name} at {path}; train them with "
+                                f"'ifv train model={spec.name}' ({how} or pass "
+                                "model.weights=PATH")
+            if not download:
+                raise UserError(f"no weights for {spec.name} at {path}; place {path.name} "
+                                f"(from {_source_url(spec)}) there, pass model.download=true "
+                                "to download it, or pass model.weights=PATH (a state dict)")
+            fetch_weights(spec)
+        hint = ("delete it and train again" if spec.trainable and not weights
+                else "replace it with a state dict of this architecture")
+        _load_into(model, read_state_dict(path, hint), path, spec)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -170,7 +287,87 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def read_state_dict(path: Path, hint: str = "replace it") -> dict[str, torch.Tensor]:
+    """The state dict in ``path``: an ifv checkpoint or a plain (torchvision) state dict."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(f"cannot read weights {path}: {exc.__class__.__name__}; {hint}") from None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} holds no state dict (a dict of tensors); {hint}")
+    return obj
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
+               spec: ModelSpec) -> None:
+    """Load ``state`` strictly (less torchvision's auxiliary GoogLeNet heads)."""
+    if spec.arch == "googlenet":
+        state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise UserError(f"the weights in {path} do not fit {spec.name}: "
+                        f"{lines[1] if len(lines) > 1 else lines[0]}") from None
+    if res.missing_keys or res.unexpected_keys:
+        raise UserError(f"the weights in {path} do not fit {spec.name}: missing "
+                        f"{res.missing_keys[:3]}{'...' if len(res.missing_keys) > 3 else ''}, "
+                        f"unexpected {res.unexpected_keys[:3]}"
+                        f"{'...' if len(res.unexpected_keys) > 3 else ''}")
+
+
+def _source_url(spec: ModelSpec) -> str:
+    """The download address of a pretrained source ("torchvision:ENUM.MEMBER")."""
+    kind, _, ref = (spec.weights_source or "").partition(":")
+    enum_name, _, member = ref.partition(".")
+    import torchvision.models
+
+    enum = getattr(torchvision.models, enum_name, None)
+    if kind != "torchvision" or enum is None or not hasattr(enum, member):
+        raise UserError(f"unknown weights source {spec.weights_source!r} of {spec.name}")
+    return getattr(enum, member).url
+
+
+def fetch_weights(spec: ModelSpec) -> Path:
+    """Download the pretrained weights of ``spec`` into the torch hub cache (SHA-256 checked
+    against the prefix in the file name, written atomically); only on the user's request."""
+    dst = spec.weights_file()
+    url = _source_url(spec)
+    m = torch.hub.HASH_REGEX.search(dst.name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=m.group(1) if m else None,
+                                       progress=True)
+    except Exception as exc:  # noqa: BLE001 - no network, a bad hash: one user error
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"cannot download {url} to {dst} ({exc.__class__.__name__}: {msg}); "
+                        "place the file there by hand or pass model.weights=PATH") from None
+    return dst
+
+
 def record_of(path: Path) -> dict[str, Any] | None:
     """The training record written beside a checkpoint, if any."""
     rec = path.with_suffix(".json")
     return json.loads(rec.read_text()) if rec.exists() else None
+
+
+TIERS = ("offline", "paper")
+
+# The paper's networks (Sec. 3.1) and the zoo model that plays each in a tier.
+NETWORKS: dict[str, dict[str, str]] = {
+    "densenet": {"offline": "densenet_patterns", "paper": "densenet_cifar"},
+    "densenet_ex4": {"offline": "densenet_patterns_ex4", "paper": "densenet_cifar_ex4"},
+    "googlenet": {"offline": "googlenet_patterns", "paper": "googlenet"},
+    "srnet": {"offline": "srnet_geometry", "paper": "srnet"},
+}
+
+
+def model_for(network: str, tier: str) -> str:
+    """The zoo model that plays ``network`` in ``tier`` (the ``${zoo:...}`` config resolver)."""
+    if tier not in TIERS:
+        raise UserError(f"unknown tier {tier!r}; valid: {', '.join(TIERS)}")
+    if network not in NETWORKS:
+        raise UserError(f"unknown network {network!r}; valid: {', '.join(NETWORKS)}")
+    return NETWORKS[network][tier]

@@ -1,0 +1,66 @@
+"""GoogLeNet (Szegedy et al. 2015) as torchvision builds it, wrapped for feature visualization.
+
+The wrapper takes images in [0, 1], normalizes them the way the weights expect, and then runs
+the children of ``torchvision.models.googlenet`` in order. The children are registered on
+the wrapper under their torchvision names, so ``inception4c`` is a tappable layer
+(``ifv.objective.tap(model, "inception4c", x)``) and the wrapper's state dict has exactly the
+keys of torchvision's (less the auxiliary classifiers, which FV never uses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# the children of torchvision's GoogLeNet in the order of its forward pass
+ORDER = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+         "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e",
+         "maxpool4", "inception5a", "inception5b", "avgpool", "dropout", "fc")
+
+# output channels of each tappable child
+CHANNELS = {"conv1": 64, "maxpool1": 64, "conv2": 64, "conv3": 192, "maxpool2": 192,
+            "inception3a": 256, "inception3b": 480, "maxpool3": 480, "inception4a": 512,
+            "inception4b": 512, "inception4c": 512, "inception4d": 528, "inception4e": 832,
+            "maxpool4": 832, "inception5a": 832, "inception5b": 1024, "avgpool": 1024}
+
+# torchvision's IMAGENET1K_V1 weights are ported from the original network, which expects
+# inputs in [-1, 1]: torchvision's preset transform normalizes with the ImageNet mean/std
+# and the builder then forces transform_input=True, whose affine map undoes that and applies
+# (x - 0.5) / 0.5. Composed, a [0, 1] image is normalized with mean 0.5 and std 0.5 per
+# channel; with transform_input=False that composition is done here, inside the wrapper.
+IMAGENET_V1_NORMALIZE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def layers(num_classes: int) -> dict[str, int]:
+    """Tappable layers and their channel counts (``fc``: the logits)."""
+    return {**CHANNELS, "fc": num_classes}
+
+
+class GoogLeNetFV(nn.Module):
+    """torchvision's GoogLeNet (no auxiliary heads, transform_input=False) on [0, 1] images.
+
+    ``normalize``: (mean, std) per channel applied first, or None for none.
+    """
+
+    def __init__(self, num_classes: int = 1000, init_weights: bool = False,
+                 normalize: Sequence[Sequence[float]] | None = None) -> None:
+        super().__init__()
+        from torchvision.models import googlenet
+
+        net = googlenet(weights=None, num_classes=num_classes, aux_logits=False,
+                        init_weights=init_weights, transform_input=False)
+        mean, std = normalize if normalize is not None else ((0.0,) * 3, (1.0,) * 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        for name in ORDER:
+            self.add_module(name, getattr(net, name))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x - self.mean) / self.std
+        for name in ORDER:
+            x = getattr(self, name)(x)
+            if name == "avgpool":
+                x = torch.flatten(x, 1)
+        return x
