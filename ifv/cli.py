@@ -54,6 +54,11 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def _open_train(args: list[str]) -> list[str]:
+    """``model.train.KEY=V`` adds KEY to the (empty) recipe-override dict: Hydra needs ``++``."""
+    return [f"++{a}" if a.startswith("model.train.") else a for a in args]
+
+
 def _check_overrides(args: list[str]) -> list[str]:
     """Parse the overrides; check group choices; return them with sweeps cut to one value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -85,10 +90,9 @@ def compose(overrides: list[str]) -> Any:
     """The composed config for ``overrides`` (sweeps cut to their first value)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
     from omegaconf import OmegaConf
 
-    single = _check_overrides(overrides)
+    single = _check_overrides(_open_train(overrides))
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=single)
@@ -138,7 +142,7 @@ def cmd_run(args: list[str]) -> int:
             pipeline.from_config(cfg)
         except UserError as exc:
             raise _Fail(str(exc)) from None
-        passthrough = args
+        passthrough = _open_train(args)
     main = hydra.main(config_path=str(CONF), config_name="config", version_base=None)(_run_task)
     sys.argv = ["ifv run", *passthrough]
     main()
@@ -163,6 +167,12 @@ def cmd_train(args: list[str]) -> int:
         raise _Fail(str(exc)) from None
     print(f"trained {rec['model']} ({rec['tier']} tier) in {rec['train_seconds']:.0f} s "
           f"on {rec['device']} ({rec['n_train']} training images)")
+    if rec.get("task") == "superres":
+        from ifv.models.srnet import upscaling_summary
+
+        print(upscaling_summary(rec))
+        print(f"  checkpoint: {rec['checkpoint']} (record: .json beside it)")
+        return 0
     print(f"  test accuracy {rec['test_accuracy']:.4f} (seen classes "
           f"{rec['test_accuracy_seen_classes']:.4f})")
     if "softmax_share" in rec:
@@ -194,10 +204,12 @@ def cmd_list(args: list[str]) -> int:
         path = spec.weights_file(cache)
         if path.exists():
             have = f"weights present ({path})"
-        elif spec.trainable:
-            have = f"not trained (ifv train model={spec.name})"
-        else:
+        elif spec.weights_source is not None:
             have = f"weights missing: place {path} or pass model.download=true"
+        elif spec.arch == "srnet" and spec.tier == "paper":
+            have = "no weights: pass model.weights=PATH (not public, not trained by ifv)"
+        else:
+            have = f"not trained (ifv train model={spec.name})"
         print(f"  {spec.name:24s} {spec.tier:8s} {have}")
         print(f"    {spec.description}")
         print("    layers: " + ", ".join(f"{k} ({c})" for k, c in spec.layers.items()))

@@ -67,6 +67,7 @@ class Experiment:
     seed: int
     weights: str | None = None
     model_cache: str | None = None
+    download: bool = False  # model.download: fetch pretrained weights missing from the hub cache
     train_overrides: tuple[tuple[str, Any], ...] = ()
     jacobian_method: str = "loop"
     jacobian_max_bytes: int = 1 << 30
@@ -129,6 +130,7 @@ def from_config(cfg: Any) -> Experiment:
         reopt_batch=max(1, counts["reopt.batch_size"]),
         stable_ssim=float(get("reopt.stable_ssim", 0.7)), seed=int(get("seed", 0)),
         weights=get("model.weights"), model_cache=get("model.cache_dir"),
+        download=bool(get("model.download", False)),
         train_overrides=tuple(sorted(dict(get("model.train", {}) or {}).items())),
         jacobian_method=method, jacobian_max_bytes=int(get("jacobian.max_bytes", 1 << 30)),
         **_critical_options(get),
@@ -197,18 +199,20 @@ def _model_key(exp: Experiment, spec: ModelSpec) -> dict[str, Any]:
 
 
 def ensure_model(exp: Experiment, log: Callable[[str], None], progress: bool) -> Any:
-    """The network, trained first if it is an offline model missing from the cache."""
+    """The network, trained first if it is an offline model missing from the cache.
+
+    Paper-tier weights are never made here: ``load`` says what to place where (or downloads
+    pretrained ones when ``model.download=true``).
+    """
     spec = exp.spec()
-    if exp.weights is None and not spec.checkpoint(exp.model_cache).exists():
-        if spec.tier != "offline":
-            raise UserError(f"no weights for {spec.name}; see `ifv list`")
+    if (exp.weights is None and spec.tier == "offline"
+            and not spec.checkpoint(exp.model_cache).exists()):
         from ifv.train import train
 
         log(f"model {spec.name} is not in the model cache: training it (once)")
         rec = train(spec, exp.model_cache, progress=progress)
-        log(f"trained {spec.name}: test accuracy {rec['test_accuracy']:.3f} "
-            f"in {rec['train_seconds']:.0f} s -> {rec['checkpoint']}")
-    return load(spec, weights=exp.weights, cache_dir=exp.model_cache)
+        log(f"trained {spec.name} in {rec['train_seconds']:.0f} s -> {rec['checkpoint']}")
+    return load(spec, weights=exp.weights, cache_dir=exp.model_cache, download=exp.download)
 
 
 def reoptimize(response: Response, v: Tensor, objectives: dict[str, Tensor], k: float,

@@ -153,7 +153,8 @@ def angle_ssim(df: pd.DataFrame, path: PathLike, *, title: str = "",
         if group is not None and acol == "angle_pred" and group in df.columns:
             keys = df[group].to_numpy()
             values = list(pd.unique(keys))
-            blues = ["tab:blue", "tab:purple", "tab:cyan", "navy", "tab:pink", "tab:olive"]
+            blues = ["tab:blue", "tab:purple", "tab:cyan", "navy", "tab:pink", "tab:olive",
+                     "tab:brown", "tab:gray", "black", "gold"]
             for j, val in enumerate(values):
                 m = keys == val
                 series.append((f"predicted, {group}={val}", np.where(m, ang, np.nan),

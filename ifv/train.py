@@ -146,6 +146,8 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
     same seed gives the same metrics on the same device and thread count).
     """
     r = spec.recipe
+    if getattr(r, "task", "classify") == "superres":
+        return train_srnet(spec, cache_dir, progress, device)
     if not spec.trainable:
         raise UserError(f"{spec.name} uses pretrained weights ({spec.weights_source}) and is "
                         "not trained by ifv; see `ifv list`")
@@ -180,8 +182,10 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"train {spec.name}", disable=not progress, unit="step")
     loss_avg = float("nan")
+    epoch_losses: list[float] = []
     for epoch in range(r.epochs):
         model.train()
+        loss_sum = 0.0
         order = torch.randperm(len(x_tr), generator=g)
         for i in range(steps_per_epoch):
             idx = order[i * r.batch_size:(i + 1) * r.batch_size]
@@ -195,9 +199,11 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
             opt.step()
             sched.step()
             val = loss.item()
+            loss_sum += val
             loss_avg = val if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * val
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_avg:.3f}")
+        epoch_losses.append(loss_sum / steps_per_epoch)
     bar.close()
     train_seconds = time.perf_counter() - t0
     acc, per_class = evaluate(model, x_te, y_te)
@@ -219,12 +225,101 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
         "n_test": len(x_te),
         "device": str(dev),
         "train_loss": loss_avg,
+        "epoch_losses": epoch_losses,
         "test_accuracy": acc,
         "test_accuracy_seen_classes": float(per_class[seen].mean()),
         "per_class_accuracy": [float(a) for a in per_class],
         **(classifier_structure(model, exclude, spec.classifier)
            if isinstance(head, nn.Linear) else {}),
         **output_jacobian_structure(model, x_te[:JACOBIAN_IMAGES], exclude),
+        "train_seconds": train_seconds,
+        "key": spec.key(),
+    }
+    path = spec.checkpoint(cache_dir)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda p: torch.save({"state_dict": state, "record": record}, p))
+    write_json(path.with_suffix(".json"), record)
+    record["checkpoint"] = str(path)
+    return record
+
+
+def train_srnet(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool = True,
+                device: str | None = None) -> dict[str, Any]:
+    """Train an SRNet (an ``SRRecipe``) on procedural geometry images and write the checkpoint.
+
+    The last convolution starts at zero, so training starts from bilinear upscaling; the
+    record holds SRNet's and bilinear upscaling's quality on held-out images.
+    """
+    from ifv.data.geometry import make_geometry, random_crops
+    from ifv.models.srnet import evaluate_upscaling, geometry_loss, upscale
+
+    r = spec.recipe
+    if spec.tier != "offline":
+        raise UserError(f"{spec.name} is not trained by ifv: the original SRNet weights "
+                        "(Weiss et al. 2019) are not public here; pass model.weights=PATH, "
+                        "or train the offline stand-in with 'ifv train model=srnet_geometry'")
+    if r.dataset != "geometry":
+        raise UserError(f"unknown dataset {r.dataset!r} for {spec.name}; valid: geometry")
+    crop = r.crop or r.low
+    if not 1 <= crop <= r.low or min(r.n_train, r.n_test, r.steps, r.batch_size) < 1:
+        raise UserError(f"invalid SRNet recipe for {spec.name}: need 1 <= crop <= low and "
+                        f"positive n_train, n_test, steps, batch_size ({asdict(r)})")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0 = time.perf_counter()
+    torch.manual_seed(r.seed)
+    g = torch.Generator().manual_seed(r.seed)
+    lo_tr, hi_tr = make_geometry(r.n_train, seed=2 * r.seed + 1, low=r.low)
+    lo_te, hi_te = make_geometry(r.n_test, seed=2 * r.seed + 2, low=r.low)
+    data_seconds = time.perf_counter() - t0
+    model = spec.build().to(dev)
+    nn.init.zeros_(model.out.weight)
+    nn.init.zeros_(model.out.bias)
+    opt = torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.steps,
+                                                pct_start=0.1)
+    bar = tqdm(total=r.steps, desc=f"train {spec.name}", disable=not progress, unit="step")
+    loss_avg = float("nan")
+    model.train()
+    for _ in range(r.steps):
+        lo, hi = random_crops(lo_tr, hi_tr, r.batch_size, crop, g)
+        loss = geometry_loss(model(lo.to(dev)), hi.to(dev), r.surface_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        val = loss.item()
+        loss_avg = val if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * val
+        bar.update()
+        bar.set_postfix(loss=f"{loss_avg:.4f}")
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    model = model.cpu().eval()
+    quality = evaluate_upscaling(model, lo_te, hi_te)
+    with torch.no_grad():
+        test_loss = float(torch.stack([geometry_loss(model(lo_te[i:i + 16]), hi_te[i:i + 16],
+                                                     r.surface_weight) * len(lo_te[i:i + 16])
+                                       for i in range(0, len(lo_te), 16)]).sum() / len(lo_te))
+        bilinear_loss = float(geometry_loss(upscale(lo_te), hi_te, r.surface_weight))
+    record = {
+        "model": spec.name,
+        "tier": spec.tier,
+        "task": "superres",
+        "arch": spec.arch,
+        "arch_kwargs": spec.arch_kwargs,
+        "recipe": asdict(spec.recipe),
+        "data_seeds": {"train": 2 * r.seed + 1, "test": 2 * r.seed + 2},
+        "n_train": r.n_train,
+        "n_test": r.n_test,
+        "device": str(dev),
+        "train_loss": loss_avg,
+        "test_loss": test_loss,
+        "bilinear_test_loss": bilinear_loss,
+        **quality,
+        "beats_bilinear": bool(quality["srnet_normal_error_deg"]
+                               < quality["bilinear_normal_error_deg"]
+                               and quality["srnet_mask_accuracy"]
+                               > quality["bilinear_mask_accuracy"]),
+        "data_seconds": data_seconds,
         "train_seconds": train_seconds,
         "key": spec.key(),
     }

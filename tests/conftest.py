@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -37,3 +42,25 @@ def small_cnn() -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _write_cifar(root: Path, n: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """CIFAR-10's python version in miniature: n images per batch file, labels 0..9 cycling."""
+    where = root / "cifar-10-batches-py"
+    where.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        with open(where / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [i % 10 for i in range(n)]}, f)
+        batches[name] = data
+    with open(where / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return batches
+
+
+@pytest.fixture
+def fake_cifar() -> Callable[..., dict[str, np.ndarray]]:
+    """Writes CIFAR-10's python version in miniature: fake_cifar(root, n=20, seed=0)."""
+    return _write_cifar

@@ -89,6 +89,17 @@ def test_principal_angles_unequal_dimensions() -> None:
     assert angles.shape == (0,) and pu.shape == (12, 0) and pv.shape == (12, 0)
 
 
+def test_cluster_of_tiny_angles_is_resolved() -> None:
+    """Cosines of 1e-9, 1e-8 and 1e-7 rad all round to 1: only the sine SVD separates them."""
+    t = torch.tensor([1e-9, 1e-8, 1e-7, math.radians(60)], dtype=F64)
+    a, b = _planted_pair(t, 10, 6)
+    angles, pu, pv = principal_vectors(a, b)
+    assert torch.allclose(angles, t, rtol=1e-6, atol=0)
+    assert torch.allclose(pu.T @ pv, torch.diag(torch.cos(t)), atol=1e-14)
+    # pu_j and pv_j differ by the planted rotation: |pu_j - pv_j| = 2 sin(t_j / 2)
+    assert torch.allclose((pu - pv).norm(dim=0), 2 * torch.sin(t / 2), rtol=1e-6, atol=0)
+
+
 def test_small_angle_survives_where_the_cosine_route_loses_it() -> None:
     """With angles above 45 degrees present, SciPy's subspace_angles (1.17) takes the
     smallest angle from arccos of a cosine, which cannot resolve 1e-9 rad."""
@@ -130,7 +141,7 @@ def test_slerp_ends_norm_and_midpoint() -> None:
 
 def test_slerp_stable_for_equal_and_close_vectors() -> None:
     p = torch.nn.functional.normalize(torch.arange(1.0, 6.0, dtype=F64), dim=0)
-    assert torch.equal(slerp(p, p, 0.3), p) or torch.allclose(slerp(p, p, 0.3), p, atol=1e-15)
+    assert torch.allclose(slerp(p, p, 0.3), p, atol=1e-15)
     e = torch.eye(5, dtype=F64)
     q = math.cos(1e-10) * e[0] + math.sin(1e-10) * e[1]
     s = slerp(e[0], q, 0.5)
@@ -220,6 +231,25 @@ def test_merge_weights_interpolate_along_the_arc() -> None:
     assert abs(float(angular_distance(merged[:, 0], s[:, 0])) - (10 + 10 / 3)) < 1e-9
 
 
+def _line(deg: float) -> torch.Tensor:
+    e = torch.eye(3, dtype=F64)
+    return (math.cos(math.radians(deg)) * e[:, 0] + math.sin(math.radians(deg)) * e[:, 1])[:, None]
+
+
+def test_merge_order_matters() -> None:
+    """Lines at 40, 0, 80, 40 degrees: the left fold meets 20 vs 80 (60 > 45: empty), the
+    balanced tree meets 20 vs 60 (kept: the line at 40 degrees)."""
+    spaces = [_line(40), _line(0), _line(80), _line(40)]
+    assert merge(spaces, order="sequential").shape == (3, 0)
+    tree = merge(spaces, order="pairwise")
+    assert tree.shape == (3, 1)
+    assert abs(float(angular_distance(tree[:, 0], _line(40)[:, 0]))) < 1e-9
+    dims = [merge(spaces, order=f"random:{s}").shape[1] for s in range(12)]
+    assert set(dims) == {0, 1}
+    assert dims == [merge(spaces, order=f"random:{s}").shape[1] for s in range(12)]
+    assert merge(spaces[:3], order="pairwise").shape == (3, 0)  # (40, 0) -> 20, vs 80
+
+
 def test_merge_drops_pairs_beyond_max_angle() -> None:
     e = torch.eye(4, dtype=F64)
     a = math.radians(50)
@@ -238,7 +268,6 @@ def _grams(n: int = 8, n_f: int = 10, n_p: int = 30, dead: bool = False,
     by 1e-4 (the softmax direction); with ``dead`` row 4 is scaled by 1e-3 first and the
     (1,...,1) component is removed from the other rows only (a dead class neuron)."""
     g = torch.Generator().manual_seed(seed)
-    ones = torch.ones(n_f, dtype=F64)
     out = []
     for _ in range(n):
         dy = torch.randn(n_f, n_p, generator=g, dtype=F64)

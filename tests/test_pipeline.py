@@ -47,8 +47,9 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("args", "expect"), [
-    (["experiment=nope"], "unknown experiment 'nope'; valid: dn4cl_k0, dn4cl_k2, dncl_k0, dncl_k2, dnde_simple"),
-    (["model=nope"], "unknown model 'nope'; valid: auto, densenet_patterns"),
+    (["experiment=nope"],
+     "unknown experiment 'nope'; valid: dn4cl_k0, dn4cl_k2, dncl_k0, dncl_k2, dnde_simple"),
+    (["model=nope"], "unknown model 'nope'; valid: auto, densenet_cifar"),
     (["layer=nope"], "has no layer 'nope'; valid: conv0"),
     (["features.n=1000"], "features=1000 is larger than the 69 channels"),
     (["k=="], "malformed override"),
@@ -73,3 +74,9 @@ def test_list_and_help(capsys: pytest.CaptureFixture) -> None:
     assert main(["--help"]) == 0
     assert "ifv run" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
+
+
+def test_sweep_runs_every_point(tmp_path: Path) -> None:
+    assert main(["run", "-m", "k=0,2", *TINY, f"hydra.sweep.dir={tmp_path}"]) == 0
+    ks = sorted(pd.read_parquet(tmp_path / d / "results.parquet").k.iloc[0] for d in "01")
+    assert ks == [0.0, 2.0]

@@ -51,9 +51,10 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False,
     where = root / FOLDER
     if not download and not all((where / f).is_file() for f in FILES):
         missing = [f for f in FILES if not (where / f).is_file()]
-        raise UserError(f"no CIFAR-10 at {where} (missing {', '.join(missing)}); place the "
-                        f"extracted python version ({CIFAR10.url}) there, set model.data.root, "
-                        "or pass model.data.download=true")
+        what = "" if len(missing) == len(FILES) else f" (missing {', '.join(missing)})"
+        raise UserError(f"no CIFAR-10 at {where}{what}; place the extracted python version "
+                        f"({CIFAR10.url}) there, set model.data.root, or pass "
+                        "model.data.download=true")
     if download and not all((where / f).is_file() for f in FILES):
         try:
             LocalCIFAR10(str(root), train=train, download=True)

@@ -233,3 +233,22 @@ def make_geometry(n: int, seed: int, low: int = 32, scale: int = 4, steps: int =
     lo = render_field(fields_, low, low, steps=steps)
     hi = render_field(fields_, scale * low, scale * low, steps=steps)
     return lo.float(), hi.float()
+
+
+def random_crops(low: Tensor, high: Tensor, n: int, crop: int, generator: torch.Generator,
+                 ) -> tuple[Tensor, Tensor]:
+    """``n`` random pairs of aligned patches: crop x crop of ``low`` and the same region,
+    (scale * crop)^2, of ``high``; images drawn with replacement."""
+    scale = high.shape[-1] // low.shape[-1]
+    h, w = low.shape[-2:]
+    idx = torch.randint(0, len(low), (n,), generator=generator)
+    r0 = torch.randint(0, h - crop + 1, (n,), generator=generator)
+    c0 = torch.randint(0, w - crop + 1, (n,), generator=generator)
+
+    def cut(x: Tensor, s: int) -> Tensor:
+        rows = (s * r0[:, None] + torch.arange(s * crop))[:, None, :, None]
+        cols = (s * c0[:, None] + torch.arange(s * crop))[:, None, None, :]
+        chans = torch.arange(x.shape[1])[None, :, None, None]
+        return x[idx[:, None, None, None], chans, rows, cols]
+
+    return cut(low, 1), cut(high, scale)
