@@ -235,12 +235,7 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
         "train_seconds": train_seconds,
         "key": spec.key(),
     }
-    path = spec.checkpoint(cache_dir)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda p: torch.save({"state_dict": state, "record": record}, p))
-    write_json(path.with_suffix(".json"), record)
-    record["checkpoint"] = str(path)
-    return record
+    return save_checkpoint(spec, model, record, cache_dir)
 
 
 def train_srnet(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool = True,
@@ -323,9 +318,17 @@ def train_srnet(spec: ModelSpec, cache_dir: str | Path | None = None, progress: 
         "train_seconds": train_seconds,
         "key": spec.key(),
     }
+    return save_checkpoint(spec, model, record, cache_dir)
+
+
+def save_checkpoint(spec: ModelSpec, model: nn.Module, record: dict[str, Any],
+                    cache_dir: str | Path | None) -> dict[str, Any]:
+    """Write the state dict with its record, and the record as JSON beside it, atomically.
+
+    Returns the record with the checkpoint's path added.
+    """
     path = spec.checkpoint(cache_dir)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     atomic_write(path, lambda p: torch.save({"state_dict": state, "record": record}, p))
     write_json(path.with_suffix(".json"), record)
-    record["checkpoint"] = str(path)
-    return record
+    return {**record, "checkpoint": str(path)}
