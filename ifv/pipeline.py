@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ifv.critical import CriticalSpace, best_space, complement, critical_space, rho_search
 from ifv.errors import UserError
@@ -43,7 +44,6 @@ from ifv.sampling import hoyer, sample_targets
 from ifv.store import atomic_write, content_key, default_cache_dir
 
 STAGE_VERSION = {"realizations": 1, "jacobian": 1, "reopt": 1}
-OBJECTIVES = ("target", "pred", "response", "random")
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,6 @@ def reoptimize(response: Response, v: Tensor, objectives: dict[str, Tensor], k: 
     names = list(objectives)
     x_all = torch.cat([objectives[n].to(v.dtype) for n in names])
     v_all = v.repeat(len(names), *([1] * (v.dim() - 1)))
-    from tqdm.auto import tqdm
-
     nb = -(-len(x_all) // batch)
     bar = tqdm(total=nb * steps, desc="re-opt", disable=not progress, unit="step", leave=False)
     out = torch.cat([adam(response, v_all[i:i + batch], x_all[i:i + batch], k, steps, lr, bar)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ifv.models import get_spec
-from ifv.models.registry import read_checkpoint
+from ifv.models.registry import read_state_dict, record_of
 from ifv.train import train
 
 TINY = {"n_train": 64, "n_test": 16, "epochs": 3, "batch_size": 16}
@@ -26,7 +26,7 @@ def test_short_training_lowers_the_loss(name: str, tmp_path: Path) -> None:
     assert rec["softmax_share"] < 1e-5  # 1^T W stays 0 under cross-entropy
     path = Path(rec["checkpoint"])
     assert path == spec.checkpoint(tmp_path) and path.with_suffix(".json").is_file()
-    assert read_checkpoint(path)["record"]["recipe"]["n_train"] == 64
+    assert record_of(path)["recipe"]["n_train"] == 64
     if spec.recipe.exclude_classes:
         assert {"dead_share_4", "dead_angle_4", "dead_grad_share_4"} <= set(rec)
 
@@ -39,6 +39,6 @@ def test_training_twice_gives_the_same_metrics(tmp_path: Path) -> None:
     for key in ("train_seconds", "checkpoint"):
         a.pop(key), b.pop(key)
     assert a == b and a["data_seeds"] == {"train": 7, "test": 8}
-    sa = read_checkpoint(spec.checkpoint(tmp_path / "a"))["state_dict"]
-    sb = read_checkpoint(spec.checkpoint(tmp_path / "b"))["state_dict"]
+    sa = read_state_dict(spec.checkpoint(tmp_path / "a"))
+    sb = read_state_dict(spec.checkpoint(tmp_path / "b"))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -324,18 +324,6 @@ def load(name: str | ModelSpec, *, weights: str | None = None,
     return model
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by ``ifv train`` (loaded with weights_only=True)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"cannot read checkpoint {path}: {exc.__class__.__name__}; delete it "
-                        "and train again") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not an ifv checkpoint (no state_dict)")
-    return ckpt
-
-
 def read_state_dict(path: Path, hint: str = "replace it") -> dict[str, torch.Tensor]:
     """The state dict in ``path``: an ifv checkpoint or a plain (torchvision) state dict."""
     try:
