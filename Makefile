@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ifv-installed
 PYTHON ?= python3
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench collect figures clean
 
 install: $(STAMP)
 
@@ -18,11 +18,18 @@ demo: install            ## the default experiment on the offline model (trains 
 	$(VENV)/bin/ifv run
 
 test: install            ## lint, then the test suite
-	$(VENV)/bin/ruff check ifv tests benchmarks
+	$(VENV)/bin/ruff check ifv experiments tests benchmarks
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check ifv tests benchmarks
+	$(VENV)/bin/ruff check ifv experiments tests benchmarks
+
+collect: install         ## gather the runs in outputs/ and multirun/ into results/
+	$(PY) -m experiments.collect
+
+figures: install         ## the paper's figures, Table 1 and figures/REPORT.md from results/
+	$(PY) -m experiments.figures
+	$(PY) -m experiments.report
 
 bench: install           ## speed of the Jacobian methods, as ratios to the default
 	$(PY) benchmarks/bench_jacobian.py

@@ -1,11 +1,14 @@
 """ifv: Inverse Feature Visualization (Reinbold & Westermann), Grad-IFV.
 
-``visualize`` runs FV (activation maximization) for target objectives; ``invert`` recovers
-the objectives from realizations by the closed-form solution of Opt. (3).
+``visualize`` runs FV (activation maximization, Opt. (1)) for target objectives and returns
+the realizations as images; ``invert`` recovers the objectives from images (realizations of
+any FV tool) by the closed-form solution of Opt. (3). Both take a zoo model's name (or any
+``nn.Module``), a layer and a feature selection (``ifv.api``). The low-level forms, on a
+response N~ = Agg o N o P and parameters v, are ``ifv.fv.visualize`` and
+``ifv.inverse.invert`` / ``ifv.inverse.solve``.
 """
 
-from ifv.fv import FVSettings, visualize
-from ifv.inverse import invert, solve
-from ifv.objective import Response
+from ifv.api import Inversion, invert, visualize
+from ifv.fv import FVSettings
 
-__all__ = ["FVSettings", "Response", "invert", "solve", "visualize"]
+__all__ = ["FVSettings", "Inversion", "invert", "visualize"]

@@ -43,7 +43,9 @@ from ifv.param import make_param
 from ifv.sampling import hoyer, sample_targets
 from ifv.store import atomic_write, content_key, default_cache_dir
 
-STAGE_VERSION = {"realizations": 1, "jacobian": 1, "reopt": 1}
+STAGE_VERSION = {"realizations": 1, "jacobian": 1, "reopt": 2}
+# realizations kept as images (images.npz) for Fig. 4 and the difference maps of Fig. S2
+N_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,14 @@ def from_config(cfg: Any) -> Experiment:
     layer = str(get("layer"))
     indices = get("features.indices")
     n = get("features.n")
-    selection = [int(i) for i in indices] if indices is not None else n
-    if not isinstance(selection, list) and (not isinstance(selection, int) or selection < 1):
-        raise UserError(f"features.n must be a positive integer, got {n!r}")
+    if indices is not None:
+        selection: list[int] | int = [int(i) for i in indices]
+    elif n == "all":  # every channel of the layer (e.g. the 342 filters of dense3)
+        selection = spec.layers.get(layer, 1)  # an unknown layer fails in check_layer
+    elif isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+        selection = n
+    else:
+        raise UserError(f"features.n must be a positive integer or all, got {n!r}")
     features = check_layer(spec, layer, selection)
     aggregation = str(get("aggregation.name"))
     if aggregation not in AGGREGATIONS:
@@ -290,8 +297,10 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
         moved = reoptimize(response, v, objectives, exp.k, exp.reopt_steps, exp.reopt_lr,
                            exp.reopt_batch, progress)
         before = param.render(v)
-        scores = {f"ssim_{o}": ssim(before, param.render(moved[o])) for o in objectives}
-        return {**scores, "seconds": time.perf_counter() - t0}
+        after = {o: param.render(moved[o]) for o in objectives}
+        scores = {f"ssim_{o}": ssim(before, after[o]) for o in objectives}
+        keep = {f"after_{o}": a[:N_IMAGES].half() for o, a in after.items()}
+        return {**scores, **keep, "seconds": time.perf_counter() - t0}
 
     re = cache.get_or_compute("reopt", reopt_key, reopt, log)
 
@@ -306,6 +315,7 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
         "k": exp.k,
         "param": exp.param["name"],
         "seed": exp.seed,
+        "n_p": param.n_p,
         "sample": np.arange(n),
         "canonical": canonical.numpy(),
         "hoyer": hoyer(x).numpy(),
@@ -357,8 +367,22 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
     atomic_write(out_dir / "critical.parquet", lambda p: crit.to_parquet(p, index=False))
+    best_i = next(i for i, sp in enumerate(spaces) if sp.dim == best)
+    images = {"before": param.render(v[:N_IMAGES]).half(),
+              **{f"after_{o}": re[f"after_{o}"] for o in ("target", "response", "random")},
+              "after_pred": re[f"after_pred{best_i}"]}
+    atomic_write(out_dir / "images.npz", lambda p: _save_images(p, images, x[:N_IMAGES]))
     _figures(df, param.render(v), canonical, x, out_dir)
     return df
+
+
+def _save_images(path: Path, images: dict[str, Tensor], targets: Tensor) -> None:
+    """images.npz: rendered realizations of the first samples (``before``, (n, C, H, W) in
+    [0, 1], float16) and the same after re-optimization w.r.t. each objective (``after_*``),
+    with their ``targets`` (n, n_f)."""
+    with open(path, "wb") as f:
+        np.savez_compressed(f, targets=targets.numpy(),
+                            **{k: v.float().numpy().astype(np.float16) for k, v in images.items()})
 
 
 def critical_candidates(exp: Experiment, gram: Tensor, log: Callable[[str], None],

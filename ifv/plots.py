@@ -340,3 +340,75 @@ def ssim_kde(df: pd.DataFrame, path: PathLike, *, title: str = "") -> Path:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def hoyer_histograms(values: Mapping[str, object], path: PathLike, *, title: str = "",
+                     bins: int = 50) -> Path:
+    """Fig. S1: one density histogram of Hoyer sparseness values per entry (label -> values
+    in [0, 1]), with the uniform density that the target sampler of Supp. S2 aims for
+    (dashed); the text gives the mean and the share of sparse values (>= 0.9).
+    """
+    items = [(str(k), _finite(v)) for k, v in values.items()]
+    fig = _new_figure(0.6 + 3.3 * max(len(items), 1), 3.4)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for i, (label, v) in enumerate(items):
+        ax = fig.add_subplot(1, len(items), i + 1)
+        ax.hist(v, bins=edges, density=True, color="tab:blue", alpha=0.75)
+        ax.axhline(1.0, color="tab:red", ls="--", lw=1.0,
+                   label="U[0, 1]: sampler of Supp. S2")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_xlabel("Hoyer sparseness")
+        ax.set_title(label, fontsize=10)
+        sparse = 100.0 * float((v >= 0.9).mean()) if v.size else 0.0
+        ax.text(0.97, 0.95, f"n = {v.size}\nmean {v.mean():.3f}\n>= 0.9: {sparse:.2f}%",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+        if i == 0:
+            ax.set_ylabel("density")
+            ax.legend(loc="center right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def difference_maps(before: Tensor | np.ndarray, after: Mapping[str, object], path: PathLike,
+                    *, max_rows: int = 6, vmax: float | None = None,
+                    before_label: str = "realization") -> Path:
+    """Fig. S2 (Supp. S3): realizations (first column, first three channels as RGB) and, per
+    re-optimization objective (label -> images after re-optimization), the difference map:
+    per pixel the largest absolute difference over the channels. One colour scale for all
+    maps (``vmax``, default: the largest difference shown), so magnitudes compare across
+    columns. before and each after: (B, C, H, W) in [0, 1].
+    """
+    b = np.asarray(torch.as_tensor(before).detach().cpu(), dtype=np.float64)[:max_rows]
+    diffs = {}
+    for label, a in after.items():
+        arr = np.asarray(torch.as_tensor(a).detach().cpu(), dtype=np.float64)[:len(b)]
+        diffs[str(label)] = np.abs(arr - b).max(axis=1)
+    top = max([float(d.max()) for d in diffs.values()] + [1e-6]) if vmax is None else vmax
+    n, cols = len(b), 1 + len(diffs)
+    h, w = b.shape[-2:]
+    cell = 1.6
+    fig = _new_figure(cols * cell * max(1.0, w / h) + 0.9, n * cell + 0.4)
+    interp = "nearest" if max(h, w) <= 100 * cell else "antialiased"
+    gs = fig.add_gridspec(n, cols, left=0.01, right=0.9, bottom=0.01,
+                          top=1.0 - 0.35 / fig.get_figheight(), wspace=0.04, hspace=0.04)
+    image = None
+    for i in range(n):
+        ax = fig.add_subplot(gs[i, 0])
+        ax.imshow(b[i, :3].transpose(1, 2, 0).clip(0.0, 1.0) if b.shape[1] >= 3 else b[i, 0],
+                  cmap=None if b.shape[1] >= 3 else "gray", interpolation=interp)
+        ax.set_axis_off()
+        if i == 0:
+            ax.set_title(before_label, fontsize=9)
+        for j, (label, d) in enumerate(diffs.items(), start=1):
+            ax = fig.add_subplot(gs[i, j])
+            image = ax.imshow(d[i], cmap="inferno", vmin=0.0, vmax=top, interpolation=interp)
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(label, fontsize=9)
+    if image is not None:
+        cax = fig.add_axes((0.915, 0.1, 0.02, 0.8))
+        fig.colorbar(image, cax=cax).set_label("max over channels |after - before|", fontsize=8)
+    return _save(fig, path)

@@ -34,6 +34,11 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(crit) == 1 and crit.best.all() and len(crit.complement[0]) == 0
     for png in ("angle_ssim.png", "alpha.png", "realizations.png", "ssim_kde.png"):
         assert (out / png).stat().st_size > 1000
+    with np.load(out / "images.npz") as im:
+        assert im["before"].shape == (4, 3, 32, 32) and im["targets"].shape == (4, 4)
+        for o in ("target", "pred", "response", "random"):
+            after = im[f"after_{o}"].astype(np.float32)
+            assert after.shape == (4, 3, 32, 32) and 0 <= after.min() and after.max() <= 1
     printed = capsys.readouterr().out
     assert "median angle to target" in printed
 
@@ -48,7 +53,7 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize(("args", "expect"), [
     (["experiment=nope"],
-     "unknown experiment 'nope'; valid: dn4cl_k0, dn4cl_k2, dncl_k0, dncl_k2, dnde_simple"),
+     "unknown experiment 'nope'; valid: dn4cl_k0, dn4cl_k2, dncl_k0, dncl_k2, dnde80_center_k0,"),
     (["model=nope"], "unknown model 'nope'; valid: auto, densenet_cifar"),
     (["layer=nope"], "has no layer 'nope'; valid: conv0"),
     (["features.n=1000"], "features=1000 is larger than the 69 channels"),

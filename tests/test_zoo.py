@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from ifv.cli import main
 from ifv.data import cifar
 from ifv.errors import UserError
 from ifv.models import MODELS, Recipe, get_spec, load, registry
+from ifv.models.densenet import DenseNetBC
 from ifv.objective import tap
 from ifv.train import dataset, pad_crop
 
@@ -267,8 +269,33 @@ def test_every_listed_layer_has_its_channels(name: str) -> None:
         assert tap(model, layer, x).shape[1] == channels, (name, layer)
 
 
+def test_densenet_stand_ins_are_smooth_and_the_papers_is_relu() -> None:
+    """The stand-ins use Softplus (FV optima off ReLU kinks, see ifv/models/densenet.py)."""
+    def acts(name: str) -> set[type]:
+        model = get_spec(name).build()
+        return {type(m) for m in model.modules() if isinstance(m, nn.ReLU | nn.Softplus)}
+
+    assert acts("densenet_patterns") == acts("densenet_patterns_ex4") == {nn.Softplus}
+    assert acts("densenet_cifar") == {nn.ReLU}
+    # a ReLU DenseNet is piecewise linear in its input (Hessian 0 almost everywhere), so FV's
+    # optima sit on kinks; the Softplus one has curvature
+    x, d = torch.rand(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+
+    def curvature(activation: str) -> float:
+        torch.manual_seed(0)
+        model = DenseNetBC(depth=10, activation=activation).eval()
+        _, hvp = torch.autograd.functional.hvp(lambda z: model(z)[0, 0], x, d)
+        return float(hvp.norm())
+
+    assert curvature("relu") == 0.0
+    assert curvature("softplus") > 1e-3
+    with pytest.raises(ValueError, match="valid: relu, softplus"):
+        DenseNetBC(depth=10, activation="tanh")
+
+
 def test_new_recipe_fields_keep_old_checkpoint_names() -> None:
-    old = replace(get_spec("densenet_patterns"), recipe=Recipe())
+    relu = {"depth": 22, "growth": 12, "num_classes": 10}  # the first stand-ins: ReLU
+    old = replace(get_spec("densenet_patterns"), recipe=Recipe(), arch_kwargs=relu)
     assert old.key() == "3abde821a0"  # the key before classifier_weight_decay and schedule
     assert old.with_recipe(schedule="step").key() != old.key()
     assert old.with_recipe(classifier_weight_decay=0.5).key() != old.key()

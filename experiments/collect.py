@@ -1,0 +1,244 @@
+"""Gather the run directories of ``ifv run`` into one table per experiment (issue 6, part 3).
+
+    python -m experiments.collect [DIR ...] [--out results]
+
+Finds every ``results.parquet`` below the DIRs (default: ``outputs`` and ``multirun``) and
+writes, per experiment of Supp. S4, the files described in ``experiments.results``. Every
+parquet file is read by itself, without hive partition discovery, so the ``k=2``-like
+folders of Hydra sweeps never add or overwrite columns. Where the same configuration
+(experiment, model, layer, n_features, aggregation, k, param, seed and sample count) ran
+several times, only the newest run (mtime of its results.parquet) is kept, and a line says
+so. A run directory without results.parquet (a failed or unfinished job) and an unreadable
+file are reported with one line each and skipped. All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from experiments.results import image_key
+from ifv.store import atomic_write
+
+DEFAULT_DIRS = ("outputs", "multirun")
+# the identity of a configuration (besides the number of samples)
+CONFIG = ("experiment", "model", "layer", "n_features", "aggregation", "k", "param", "seed")
+REQUIRED = (*CONFIG, "sample", "critical_dim", "angle_pred")
+# readable names of the experiment files in conf/experiment -> their Supp. S4 ids
+ALIASES = {"dncl_k2": "exp02", "dn4cl_k2": "exp03", "dncl_k0": "exp04", "dn4cl_k0": "exp05"}
+
+
+@dataclass
+class Run:
+    """One run directory with its tables."""
+
+    path: Path
+    mtime: float
+    frame: pd.DataFrame
+    critical: pd.DataFrame | None
+    images: Path | None
+
+    @property
+    def experiment(self) -> str:
+        return str(self.frame["experiment"].iloc[0])
+
+    def config(self) -> tuple[object, ...]:
+        first = self.frame.iloc[0]
+        return (*(first[c] for c in CONFIG), int(self.frame["sample"].nunique()))
+
+    def describe(self) -> str:
+        f = self.frame.iloc[0]
+        return (f"{f['experiment']} {f['model']}.{f['layer']} n_f={f['n_features']} "
+                f"{f['aggregation']} k={float(f['k']):g} {f['param']} seed={f['seed']} "
+                f"n={self.frame['sample'].nunique()}")
+
+
+def experiment_id(name: str) -> str:
+    """``exp1``/``exp01``/``dncl_k2`` -> ``exp01``/``exp01``/``exp02``; others unchanged."""
+    m = re.fullmatch(r"exp0*(\d+)", name)
+    if m:
+        return f"exp{int(m.group(1)):02d}"
+    return ALIASES.get(name, name)
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """One parquet file, no partition columns guessed from its path."""
+    return pq.read_table(path, partitioning=None).to_pandas()
+
+
+def _fill_best_space(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs written before ``best_space`` existed: the space with the lowest median angle
+    (Sec. 3.5), as ``ifv.critical.best_space`` chooses it."""
+    if "best_space" in df.columns:
+        return df
+    med = df.groupby("critical_dim")["angle_pred"].median()
+    df = df.copy()
+    df["best_space"] = df["critical_dim"] == (med.idxmin() if med.notna().any() else
+                                              df["critical_dim"].iloc[0])
+    return df
+
+
+def find_runs(roots: Sequence[Path], log: Callable[[str], None]) -> list[Run]:
+    """Every readable run below ``roots``; skipped directories and files get one line."""
+    results = sorted({p for r in roots for p in r.rglob("results.parquet")})
+    have = {p.parent for p in results}
+    for hydra in sorted({h.parent for r in roots for h in r.rglob(".hydra")}):
+        if hydra not in have:
+            log(f"skipped {hydra}: no results.parquet (failed or unfinished job)")
+    runs = []
+    for path in results:
+        try:
+            frame = read_parquet(path)
+            missing = [c for c in REQUIRED if c not in frame.columns]
+            if missing or frame.empty:
+                raise ValueError(f"missing columns {missing}" if missing else "no rows")
+        except Exception as e:  # any unreadable file is skipped, never fatal
+            log(f"skipped {path}: unreadable results ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})")
+            continue
+        frame = _fill_best_space(frame)
+        frame["experiment"] = frame["experiment"].astype(str).map(experiment_id)
+        critical = None
+        crit_path = path.parent / "critical.parquet"
+        if crit_path.is_file():
+            try:
+                critical = read_parquet(crit_path)
+            except Exception as e:  # as above
+                log(f"skipped {crit_path}: unreadable ({type(e).__name__})")
+        images = path.parent / "images.npz"
+        runs.append(Run(path.parent, path.stat().st_mtime, frame, critical,
+                        images if images.is_file() else None))
+    return runs
+
+
+def newest_only(runs: list[Run], log: Callable[[str], None]) -> list[Run]:
+    """One run per configuration: the newest; the others are named in a line each."""
+    by_config: dict[tuple[object, ...], list[Run]] = {}
+    for run in runs:
+        by_config.setdefault(run.config(), []).append(run)
+    kept = []
+    for group in by_config.values():
+        group.sort(key=lambda r: (r.mtime, str(r.path)), reverse=True)
+        kept.append(group[0])
+        for old in group[1:]:
+            log(f"duplicate {group[0].describe()}: kept {group[0].path}, dropped older {old.path}")
+    return sorted(kept, key=lambda r: (r.experiment, r.mtime, str(r.path)))
+
+
+def _valid_npz(path: Path) -> bool:
+    try:
+        with np.load(path) as z:
+            return "before" in z.files
+    except Exception:  # a corrupt archive is reported by the caller
+        return False
+
+
+def _critical_table(runs: list[Run]) -> pd.DataFrame | None:
+    frames = []
+    for run in runs:
+        if run.critical is None:
+            continue
+        c = run.critical.copy()
+        first = run.frame.iloc[0]
+        c["experiment"] = run.experiment
+        for col in ("model", "n_features", "k", "param"):
+            c[col] = first[col]
+        c["run"] = str(run.path)
+        frames.append(c)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def write_experiment(exp: str, runs: list[Run], out: Path,
+                     log: Callable[[str], None]) -> tuple[int, int]:
+    """Write the files of one experiment; returns (rows, image sets)."""
+    frames = [r.frame.assign(run=str(r.path)) for r in runs]
+    df = pd.concat(frames, ignore_index=True)
+    atomic_write(out / f"{exp}.parquet", lambda p: df.to_parquet(p, index=False))
+    crit = _critical_table(runs)
+    if crit is not None:
+        atomic_write(out / f"{exp}.critical.parquet", lambda p: crit.to_parquet(p, index=False))
+
+    images: dict[str, Run] = {}
+    for run in runs:  # ascending mtime: the newest run of a configuration wins
+        if run.images is None:
+            continue
+        if not _valid_npz(run.images):
+            log(f"skipped {run.images}: unreadable images")
+            continue
+        f = run.frame.iloc[0]
+        images[image_key(str(f["param"]), int(f["n_features"]), float(f["k"]))] = run
+    folder = out / exp
+    if images:
+        main = max(images.values(), key=lambda r: (int(r.frame["n_features"].iloc[0]), r.mtime))
+        src = main.images
+        atomic_write(out / f"{exp}.npz", lambda p: shutil.copyfile(src, p))
+    written = set()
+    if len(images) > 1:
+        for key, run in images.items():
+            src_run = run.images
+            atomic_write(folder / f"{key}.npz", lambda p, s=src_run: shutil.copyfile(s, p))
+            written.add(f"{key}.npz")
+    if folder.is_dir():  # image sets of configurations no longer collected
+        for stale in folder.glob("*.npz"):
+            if stale.name not in written:
+                stale.unlink()
+    return len(df), len(images)
+
+
+def collect(dirs: Sequence[Path], out: Path, log: Callable[[str], None] = print,
+            ) -> pd.DataFrame:
+    """Collect every run below ``dirs`` into ``out``; returns the summary table."""
+    runs = newest_only(find_runs(dirs, log), log)
+    by_exp: dict[str, list[Run]] = {}
+    for run in runs:
+        by_exp.setdefault(run.experiment, []).append(run)
+    rows = []
+    for exp in sorted(by_exp):
+        n_rows, n_images = write_experiment(exp, by_exp[exp], out, log)
+        n_f = sorted({int(r.frame["n_features"].iloc[0]) for r in by_exp[exp]})
+        rows.append({"experiment": exp, "runs": len(by_exp[exp]), "rows": n_rows,
+                     "n_features": ",".join(map(str, n_f)), "image sets": n_images})
+    return pd.DataFrame(rows, columns=["experiment", "runs", "rows", "n_features",
+                                       "image sets"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; exit code 2 for a missing directory."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.collect",
+                                 description="Collect ifv run directories into results/.")
+    ap.add_argument("dirs", nargs="*", metavar="DIR",
+                    help="folders to search (default: outputs multirun, those that exist)")
+    ap.add_argument("--out", default="results", help="output folder (default: results)")
+    args = ap.parse_args(argv)
+    if args.dirs:
+        dirs = [Path(d) for d in args.dirs]
+        for d in dirs:
+            if not d.is_dir():
+                print(f"collect: error: no such directory: {d}", file=sys.stderr)
+                return 2
+    else:
+        dirs = [Path(d) for d in DEFAULT_DIRS if Path(d).is_dir()]
+        if not dirs:
+            print(f"collect: error: none of the default directories exists: "
+                  f"{' '.join(DEFAULT_DIRS)}", file=sys.stderr)
+            return 2
+    table = collect(dirs, Path(args.out))
+    if table.empty:
+        print(f"no results.parquet found under {' '.join(map(str, dirs))}")
+        return 0
+    print(table.to_string(index=False))
+    print(f"{int(table['rows'].sum())} rows of {int(table['runs'].sum())} runs -> {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Reading ``results/`` as written by ``experiments.collect``.
+
+Layout, per experiment id of Supp. S4 (``exp01`` ... ``exp25``):
+
+- ``<exp>.parquet``: the rows of all its runs (one per sample and critical space, the columns
+  of ``results.parquet``) plus ``run``, the run directory they came from;
+- ``<exp>.critical.parquet``: the critical spaces of those runs (``critical.parquet`` plus
+  ``run``, ``model``, ``n_features``, ``k``, ``param``);
+- ``<exp>.npz``: the images (``images.npz``) of the experiment's main configuration (the one
+  with the most features, the newest run among equals);
+- ``<exp>/<param>-n<n_f>-k<k>.npz``: the images of every configuration, only where an
+  experiment has several (sweeps over n_f, Supp. S4 experiments 6, 7, 11, 12).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PathLike = str | os.PathLike[str]
+
+
+class NotRun(LookupError):
+    """An experiment the computation needs is absent from ``results/``."""
+
+
+def image_key(param: str, n_features: int, k: float) -> str:
+    """File stem of a configuration's images, e.g. ``rgb-n64-k2``."""
+    return f"{param}-n{int(n_features)}-k{float(k):g}"
+
+
+class Results:
+    """The collected tables of one ``results/`` folder, read lazily and cached."""
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root)
+        self._frames: dict[str, pd.DataFrame] = {}
+
+    @property
+    def experiments(self) -> list[str]:
+        """Ids with a results table, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".parquet") for p in self.root.glob("*.parquet")
+                      if not p.name.endswith(".critical.parquet"))
+
+    def has(self, exp: str) -> bool:
+        return (self.root / f"{exp}.parquet").is_file()
+
+    def frame(self, exp: str) -> pd.DataFrame:
+        """All rows of ``exp``; raises ``NotRun`` if it was not collected."""
+        if exp not in self._frames:
+            path = self.root / f"{exp}.parquet"
+            if not path.is_file():
+                raise NotRun(exp)
+            self._frames[exp] = pd.read_parquet(path)
+        return self._frames[exp]
+
+    def best(self, exp: str) -> pd.DataFrame:
+        """The rows of each run's chosen critical space (Sec. 3.5): one row per sample."""
+        df = self.frame(exp)
+        if "best_space" in df.columns:
+            df = df[df["best_space"].astype(bool)]
+        return df.reset_index(drop=True)
+
+    def critical(self, exp: str) -> pd.DataFrame:
+        """The critical spaces of ``exp``; raises ``NotRun`` if absent."""
+        path = self.root / f"{exp}.critical.parquet"
+        if not path.is_file():
+            raise NotRun(exp)
+        return pd.read_parquet(path)
+
+    def image_keys(self, exp: str) -> list[str]:
+        """Configurations with stored images (see ``image_key``)."""
+        folder = self.root / exp
+        return sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
+
+    def images(self, exp: str, key: str | None = None) -> dict[str, np.ndarray] | None:
+        """``images.npz`` of the main configuration, or of configuration ``key``; None if
+        there are none."""
+        path = self.root / f"{exp}.npz" if key is None else self.root / exp / f"{key}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            return {name: z[name] for name in z.files}

@@ -1,0 +1,135 @@
+"""Synthetic run directories with planted values, the fixtures of tests/test_collect.py and
+tests/test_figures.py: ``results.parquet`` with the columns the pipeline writes (design.md),
+``critical.parquet`` and ``images.npz``, small enough to build in milliseconds.
+
+Planted statistics are exact: the angles and SSIM indices of a space are ``center +
+linspace(-spread, spread, n)`` (median = center), ``alpha`` has alpha_1 = ``alpha1`` for every
+sample, and the ``t_`` columns are constant per run, as the pipeline writes them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PathLike = str | os.PathLike[str]
+
+
+def _spread(center: float, n: int, spread: float) -> np.ndarray:
+    return center + np.linspace(-spread, spread, n)
+
+
+def run_frame(experiment: str, *, n: int = 20, n_features: int = 10, k: float = 2.0,
+              model: str = "densenet_patterns", tier: str = "offline", layer: str = "dense3",
+              aggregation: str = "maxpool_mean", param: str = "rgb", seed: int = 0,
+              n_p: int = 3072, spaces: Mapping[int, float] | None = None,
+              angle_response: float = 45.0, angle_random: float = 80.0,
+              ssim_target: float = 0.9, ssim_pred: float = 0.85, ssim_response: float = 0.5,
+              ssim_random: float = 0.45, alpha1: float = 0.9,
+              times: Sequence[float] = (2.0, 0.1, 0.01, 0.7), spread: float = 2.0,
+              ) -> pd.DataFrame:
+    """The results.parquet of one run. ``spaces`` maps critical_dim -> median angle_pred
+    (default: the full space at 10 degrees); the lowest median is the best space."""
+    spaces = dict(spaces) if spaces is not None else {n_features: 10.0}
+    best = min(spaces, key=lambda d: spaces[d])
+    rest = (1.0 - alpha1) / max(n_features - 1, 1)
+    alpha = np.full(n_features, rest)
+    alpha[0] = alpha1
+    eye = np.eye(n_features)
+    sample = np.arange(n)
+    s_target = _spread(ssim_target, n, 0.05)
+    common = {
+        "experiment": experiment, "model": model, "tier": tier, "stand_in": tier == "offline",
+        "layer": layer, "n_features": n_features, "aggregation": aggregation, "k": float(k),
+        "param": param, "seed": seed, "n_p": n_p, "sample": sample,
+        "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
+    }
+    frames = []
+    for dim, center in spaces.items():
+        frames.append(pd.DataFrame({
+            **common,
+            "critical_dim": dim,
+            "rho_min": np.nan if dim == n_features else 0.01,
+            "rho_max": np.nan if dim == n_features else 0.1,
+            "angle_pred": _spread(center, n, spread).clip(0.0, 90.0),
+            "crit_fraction": np.linspace(0.5, 1.0, n) if dim < n_features else 1.0,
+            "ssim_pred": _spread(ssim_pred, n, 0.05),
+            "angle_response": _spread(angle_response, n, 10.0),
+            "angle_random": _spread(angle_random, n, 5.0).clip(0.0, 90.0),
+            "alpha": [alpha.copy() for _ in sample],
+            "ssim_target": s_target,
+            "ssim_response": _spread(ssim_response, n, 0.1),
+            "ssim_random": _spread(ssim_random, n, 0.1),
+            "stable": s_target >= 0.7,
+            "rel_residual": 1e-3, "grad_norm": 1e-4, "lbfgs_iters": 300,
+            "t_fv": times[0], "t_jacobian": times[1], "t_predict": times[2],
+            "t_reopt": times[3],
+            "target": [eye[i % n_features] for i in sample],
+            "response": [np.ones(n_features) for _ in sample],
+            "prediction": [eye[i % n_features] for i in sample],
+            "best_space": dim == best,
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def critical_frame(df: pd.DataFrame,
+                   complements: Mapping[int, Sequence[Sequence[float]]] | None = None,
+                   ) -> pd.DataFrame:
+    """The critical.parquet matching ``run_frame``'s spaces; ``complements`` gives the unit
+    vectors spanning C's complement per dim (default: none for the full space, else the last
+    canonical vectors)."""
+    n_f = int(df["n_features"].iloc[0])
+    rows = []
+    for dim, sub in df.groupby("critical_dim", sort=False):
+        comp = (complements or {}).get(int(dim))
+        if comp is None:
+            comp = [np.eye(n_f)[j] for j in range(int(dim), n_f)]
+        rows.append({"experiment": df["experiment"].iloc[0], "critical_dim": int(dim),
+                     "rho_min": float(sub["rho_min"].iloc[0]),
+                     "rho_max": float(sub["rho_max"].iloc[0]),
+                     "complement": [np.asarray(v, dtype=np.float64) for v in comp],
+                     "median_angle_pred": float(sub["angle_pred"].median()),
+                     "best": bool(sub["best_space"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def images(n_f: int, *, n: int = 4, channels: int = 3, size: int = 8,
+           noise: Mapping[str, float] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """An images.npz dict: smooth random realizations and their re-optimized versions, each
+    ``after_*`` differing from ``before`` by uniform noise of the given amplitude."""
+    rng = np.random.default_rng(seed)
+    amp = {"target": 0.05, "pred": 0.08, "response": 0.4, "random": 0.5, **(noise or {})}
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    phase = rng.uniform(0, 2 * np.pi, (n, channels, 1, 1))
+    before = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + yy)[None, None] + phase)
+    out = {"before": before.astype(np.float16),
+           "targets": np.eye(n_f)[np.arange(n) % n_f]}
+    for name, a in amp.items():
+        moved = before + rng.uniform(-a, a, before.shape)
+        out[f"after_{name}"] = moved.clip(0.0, 1.0).astype(np.float16)
+    return out
+
+
+def write_run(path: PathLike, df: pd.DataFrame | None, *,
+              critical: pd.DataFrame | None = None,
+              imgs: Mapping[str, np.ndarray] | None = None, mtime: float | None = None) -> Path:
+    """A run directory as ``ifv run`` leaves it (``.hydra/`` included); ``df`` None leaves
+    a failed job without results.parquet. ``mtime`` sets results.parquet's time stamp."""
+    run = Path(path)
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text("name: synthetic\n")
+    if df is None:
+        return run
+    if critical is None:
+        critical = critical_frame(df)
+    critical.to_parquet(run / "critical.parquet", index=False)
+    if imgs is not None:
+        np.savez_compressed(run / "images.npz", **imgs)
+    df.to_parquet(run / "results.parquet", index=False)
+    if mtime is not None:
+        os.utime(run / "results.parquet", (mtime, mtime))
+    return run

@@ -1,0 +1,246 @@
+"""Tests for experiments.figures and experiments.report (issue 6, parts 4 and 5): the paper's
+figures, Table 1 and REPORT.md from synthetic results with planted values."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from experiments import synthetic
+from experiments.collect import collect
+from experiments.figures import build, sphere_hoyer
+from experiments.figures import main as figures_main
+from experiments.reference import CLAIMS, TABLE1, table1
+from experiments.report import NO, NOT_RUN, YES, evaluate
+from experiments.report import main as report_main
+from experiments.results import Results
+
+ONES = np.ones(10) / np.sqrt(10)
+_ORTH = np.eye(10)[0] - ONES[0] * ONES  # orthogonal to ONES
+# a unit vector 30 degrees from (1, ..., 1): the DNcl complement claim must fail on it
+TILTED = np.cos(np.radians(30)) * ONES + np.sin(np.radians(30)) * _ORTH / np.linalg.norm(_ORTH)
+
+
+def _write_runs(root: Path) -> None:
+    """exp01 (images), exp02 (critical spaces), an exp06 sweep, exp16/exp17 (images), exp22."""
+    out = root / "outputs"
+    synthetic.write_run(out / "exp01/r", synthetic.run_frame(
+        "exp01", n=16, n_features=32, model="googlenet_patterns", layer="inception4c",
+        n_p=12288, spaces={32: 8.0}, angle_response=47.0, ssim_pred=0.9,
+        times=(17.0, 0.7, 0.2, 0.7)), imgs=synthetic.images(32, n=4, size=16))
+    df2 = synthetic.run_frame("exp02", n=16, spaces={10: 50.0, 9: 25.0}, layer="classifier",
+                              alpha1=0.1)
+    rng = np.random.default_rng(0)
+    for col in ("t_fv", "t_jacobian", "t_predict", "t_reopt"):
+        df2[col] = rng.uniform(0.01, 3.0, len(df2))
+    synthetic.write_run(out / "exp02/r", df2,
+                        critical=synthetic.critical_frame(df2, {9: [TILTED]}))
+    for j, (n_f, center) in enumerate(((16, 10.0), (32, 15.0), (64, 80.0))):
+        synthetic.write_run(out / f"exp06/k=0/{j}", synthetic.run_frame(
+            "exp06", n=12, n_features=n_f, k=0.0, spaces={n_f: center}))
+    for exp, param, center in (("exp16", "rgb", 10.0), ("exp17", "fft", 12.0)):
+        synthetic.write_run(out / exp / "r", synthetic.run_frame(
+            exp, n=12, n_features=16, param=param, spaces={16: center}),
+            imgs=synthetic.images(16, n=4, size=12, seed=int(exp[-2:])))
+    synthetic.write_run(out / "exp22/r", synthetic.run_frame(
+        "exp22", n=16, n_features=64, model="srnet_geometry", layer="block8",
+        spaces={64: 2.0}, times=(10.0, 0.4, 0.01, 3.0)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("figs")
+    _write_runs(root)
+    collect([root / "outputs"], root / "results", log=lambda s: None)
+    lines: list[str] = []
+    assert build(root / "results", root / "figures", log=lines.append)[1] == []
+    assert report_main(["--results", str(root / "results"),
+                        "--out", str(root / "figures/REPORT.md")]) == 0
+    return root, lines
+
+
+def _png(path: Path) -> np.ndarray:
+    assert path.is_file(), path
+    img = imread(path)
+    assert img.shape[0] > 150 and img.shape[1] > 150
+    assert float(img[..., :3].std()) > 0.01  # something was drawn
+    return img
+
+
+def _pdf(path: Path) -> None:
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data[:5] == b"%PDF-" and len(data) > 5000 and b"/Image" in data
+
+
+def test_figures_png_and_pdf(built: tuple[Path, list[str]]) -> None:
+    root, _ = built
+    fig = root / "figures"
+    for stem in ("fig2", "fig2a", "fig2b", "fig3", "fig4", "figS1", "figS2",
+                 "s4/exp01", "s4/exp02", "s4/exp06", "s4/exp16", "s4/exp17", "s4/exp22"):
+        _png(fig / f"{stem}.png")
+        _pdf(fig / f"{stem}.pdf")
+    # Fig. 2 has columns (a) and (b) only: wider than one column, narrower than three
+    w_a, w_all = _png(fig / "fig2a.png").shape[1], _png(fig / "fig2.png").shape[1]
+    assert 1.8 * w_a < w_all < 2.5 * w_a
+    # the S4 figure of exp02 has the trivariate panel, exp01's has not: wider
+    assert _png(fig / "s4/exp02.png").shape[1] > _png(fig / "s4/exp01.png").shape[1]
+    assert not (fig / "fig2c.png").exists()
+
+
+def test_skip_lines_for_missing_experiments(built: tuple[Path, list[str]]) -> None:
+    _, lines = built
+    assert any(ln.startswith("skipped Fig. 2c: exp03 not in") for ln in lines)
+    assert any(ln.startswith("skipped Fig. 4a: no images of exp19, exp20, exp21")
+               for ln in lines)
+    fig3 = [ln for ln in lines if ln.startswith("Fig. 3:")]
+    assert len(fig3) == 1 and "exp07" in fig3[0] and "exp06" not in fig3[0]
+    assert not any("Fig. 2a" in ln or "Fig. S" in ln or "Table 1" in ln for ln in lines)
+
+
+def test_empty_results_build_only_fig_s1(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert figures_main(["--results", str(tmp_path / "none"), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    skipped = [ln for ln in out if ln.startswith("skipped")]
+    assert [ln.split(":")[0] for ln in skipped] == [
+        "skipped Fig. 2", "skipped Fig. 3", "skipped Fig. 4", "skipped Fig. S2",
+        "skipped Supp. S4 diagrams", "skipped Table 1"]
+    assert sorted(p.name for p in tmp_path.glob("*.p*")) == ["figS1.pdf", "figS1.png"]
+
+
+def test_fig_s1_hoyer_statistics() -> None:
+    values = sphere_hoyer(n=10_000)
+    # independent: Gaussian directions in numpy, Hoyer's formula written out
+    rng = np.random.default_rng(123)
+    for dim in (2, 10, 100):
+        x = rng.standard_normal((20_000, dim))
+        ratio = np.abs(x).sum(1) / np.linalg.norm(x, axis=1)
+        ref = (np.sqrt(dim) - ratio) / (np.sqrt(dim) - 1)
+        v = values[dim]
+        assert v.shape == (10_000,) and v.min() >= -1e-12 and v.max() <= 1 + 1e-12
+        assert abs(v.mean() - ref.mean()) < 0.01
+        assert abs(np.median(v) - np.median(ref)) < 0.015
+    # in 2 dimensions the mean is known in closed form: E(|cos t| + |sin t|) = 4 / pi
+    exact = (math.sqrt(2) - 4 / math.pi) / (math.sqrt(2) - 1)
+    assert abs(values[2].mean() - exact) < 0.01
+    # sparse vectors vanish as the dimension grows (Supp. S2)
+    assert (values[2] >= 0.9).mean() > 0.03 and (values[100] >= 0.5).mean() == 0.0
+
+
+def test_table1_means(built: tuple[Path, list[str]]) -> None:
+    root, _ = built
+    res = Results(root / "results")
+    df = table1(res).set_index("model")
+    raw = {e: pd.read_parquet(root / f"results/{e}.parquet") for e in ("exp01", "exp02", "exp16",
+                                                                       "exp22")}
+    for model, exp in (("GN4c", "exp01"), ("DN[4]cl", "exp02"), ("DNde", "exp16"),
+                       ("SRNet", "exp22")):
+        rows = raw[exp][raw[exp]["best_space"]]
+        for col in ("t_fv", "t_jacobian", "t_predict", "t_reopt"):
+            assert df.loc[model, col] == pytest.approx(rows[col].mean())
+        assert df.loc[model, "experiments"] == exp
+    # exp02's times vary per row: the best-space mean is not the mean of all rows
+    assert df.loc["DN[4]cl", "t_fv"] != pytest.approx(raw["exp02"]["t_fv"].mean())
+    assert df.loc["GN4c", "n_p"] == 12288 and df.loc["SRNet", "n_f"] == "64"
+    paper = {p.model: p.times for p in TABLE1}
+    assert tuple(df.loc["GN4c", [f"paper_{c}" for c in ("t_fv", "t_jacobian", "t_predict",
+                                                          "t_reopt")]]) == paper["GN4c"]
+    md = (root / "figures/table1.md").read_text()
+    assert "| GN4c | 12288 / 224^2*3 | 32 / 512 | 17.00 / 17.3 |" in md
+    csv = pd.read_csv(root / "figures/table1.csv")
+    assert csv.set_index("model").loc["SRNet", "t_reopt"] == pytest.approx(3.0)
+
+
+def test_table1_dnde_falls_back_to_the_largest_sweep_n_f(tmp_path: Path) -> None:
+    for n_f, t in ((16, 1.0), (69, 5.0)):
+        df = synthetic.run_frame("exp11", n=4, n_features=n_f, times=(t, 0.1, 0.01, 0.5))
+        synthetic.write_run(tmp_path / f"out/{n_f}", df)
+    collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
+    row = table1(Results(tmp_path / "results")).set_index("model").loc["DNde"]
+    assert row["experiments"] == "exp11 (n_f=69)" and row["t_fv"] == pytest.approx(5.0)
+    assert math.isnan(table1(Results(tmp_path / "results")).set_index("model")
+                      .loc["GN4c", "t_fv"])
+
+
+def test_report_verdicts_on_planted_values(built: tuple[Path, list[str]]) -> None:
+    root, _ = built
+    rows = {r.claim.key: r for r in evaluate(Results(root / "results"))}
+    assert len(rows) == len(CLAIMS)
+    expected = {
+        "simple.pred": YES,              # 8 degrees <= 15
+        "simple.response": YES,          # 47 degrees in [30, 60]
+        "simple.reopt": YES,
+        "critical.best_dncl": YES,       # the 9-dim space has the lower median
+        "critical.dims_dncl": YES,
+        "critical.pred_dncl": NO,        # 25 degrees > 15
+        "critical.ones_dncl": NO,        # the planted complement is 30 degrees off
+        "critical.full_dncl": YES,       # 50 degrees >= 30
+        "critical.alpha2_dncl": NO,      # alpha_2 = 0.1
+        "k0.dnde_160": YES,              # n_f = 32: 15 vs 45 degrees
+        "k0.dnde_288": YES,              # n_f = 64: all at 80 degrees
+        "param.exp17": YES,              # 12 vs 10 degrees
+        "param.exp18": NOT_RUN,
+        "param.exp20": NOT_RUN,
+        "critical.dims_dn4cl": NOT_RUN,
+        "srnet.exp22": YES,
+        "srnet.exp23": NOT_RUN,
+        "time.GN4c": YES,
+    }
+    for key, status in expected.items():
+        assert rows[key].status == status, (key, rows[key])
+    assert "30.0" in rows["critical.ones_dncl"].ours
+    assert "n_f=32" in rows["k0.dnde_160"].ours and "scaled to 69" in rows["k0.dnde_160"].ours
+    assert rows["param.exp18"].ours == "missing exp18"
+
+
+def test_report_file(built: tuple[Path, list[str]], tmp_path: Path) -> None:
+    root, _ = built
+    text = (root / "figures/REPORT.md").read_text()
+    table = [ln for ln in text.splitlines() if ln.startswith("| ") and ln.endswith(" |")
+             and ln.split("|")[1].strip().isdigit()]
+    assert len(table) == len(CLAIMS)
+    by_claim = {ln.split("|")[3].strip(): ln.split("|")[-2].strip() for ln in table}
+    assert by_claim["SRNet, k = 2, mask in [-1, 1]: targets recovered up to 5°"] == NOT_RUN
+    assert by_claim["DNcl: Grad-IFV performs well in the best space"] == NO
+    assert "stand-in" in text and "quick profile" in text
+    assert "[fig2.png](fig2.png)" in text and "[s4/exp02.png](s4/exp02.png)" in text
+    # without any results every claim is "not run", and the report still gets written
+    assert report_main(["--results", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "R.md")]) == 0
+    empty = (tmp_path / "R.md").read_text()
+    assert f"{len(CLAIMS)} not run" in empty
+
+
+def test_report_survives_unexpected_data(tmp_path: Path) -> None:
+    """alpha vectors of two n_f in one experiment: the alpha claims say so, no crash."""
+    for n_f in (10, 12):
+        synthetic.write_run(tmp_path / f"out/{n_f}", synthetic.run_frame(
+            "exp08", n=4, n_features=n_f, k=0.0, seed=n_f))
+    collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
+    rows = {r.claim.key: r for r in evaluate(Results(tmp_path / "results"))}
+    assert rows["k0.maxmean"].status == "n/a" and "different n_f" in rows["k0.maxmean"].ours
+    assert rows["k0.mean"].status == NOT_RUN
+
+
+@pytest.mark.parametrize(("centers", "onset", "status"), [
+    ({32: 10.0, 256: 40.0, 512: 80.0}, "between n_f=32 and 256", YES),  # the quick sweep
+    ({32: 10.0, 64: 12.0, 96: 14.0, 160: 30.0}, "between n_f=96 and 160", YES),
+    ({32: 10.0, 64: 30.0, 96: 40.0}, "between n_f=32 and 64", YES),
+    ({32: 10.0, 128: 12.0, 160: 30.0}, "between n_f=128 and 160", NO),
+    ({32: 10.0, 96: 12.0, 512: 15.0}, "none up to n_f=512", NO),
+])
+def test_gn4c_onset_brackets_96(tmp_path: Path, centers: dict[int, float], onset: str,
+                                status: str) -> None:
+    for n_f, center in centers.items():
+        synthetic.write_run(tmp_path / f"out/{n_f}", synthetic.run_frame(
+            "exp07", n=4, n_features=n_f, k=0.0, model="googlenet_patterns",
+            layer="inception4c", spaces={n_f: center}))
+    collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
+    rows = {r.claim.key: r for r in evaluate(Results(tmp_path / "results"))}
+    assert rows["k0.gn4c_onset"].ours == onset and rows["k0.gn4c_onset"].status == status

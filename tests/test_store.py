@@ -1,0 +1,38 @@
+"""Atomic writes: complete files with the usual permissions, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ifv.store import atomic_write, content_key
+
+
+def test_atomic_write_gives_the_permissions_open_would(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "a" / "f.txt", lambda p: p.write_text("x"))
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "x"
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+
+
+def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path: Path) -> None:
+    def fail(p: Path) -> None:
+        p.write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "f.txt", fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_content_key_ignores_key_order() -> None:
+    assert content_key({"a": 1, "b": [2, 3]}) == content_key({"b": [2, 3], "a": 1})
+    assert content_key({"a": 1}) != content_key({"a": 2})
