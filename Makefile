@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ifv-installed
 PYTHON ?= python3
 
-.PHONY: install demo test lint bench collect figures clean
+.PHONY: install demo test lint bench collect figures reproduce clean
 
 install: $(STAMP)
 
@@ -30,6 +30,19 @@ collect: install         ## gather the runs in outputs/ and multirun/ into resul
 figures: install         ## the paper's figures, Table 1 and figures/REPORT.md from results/
 	$(PY) -m experiments.figures
 	$(PY) -m experiments.report
+
+EXPERIMENTS := $(shell seq -f 'exp%02g' 1 25)
+
+reproduce: install       ## all 25 experiments (profile=quick, offline tier), then figures/REPORT.md
+	@start=$$(date +%s); failed=""; \
+	for e in $(EXPERIMENTS); do \
+	  echo "== $$e ($$(( ($$(date +%s) - start) / 60 )) min so far)"; \
+	  $(VENV)/bin/ifv run experiment=$$e profile=quick tier=offline || failed="$$failed $$e"; \
+	done; \
+	$(PY) -m experiments.collect && $(PY) -m experiments.figures; \
+	$(PY) -m experiments.report; \
+	echo "reproduce: $$(( ($$(date +%s) - start) / 60 )) min"; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 bench: install           ## speed of the Jacobian methods, as ratios to the default
 	$(PY) benchmarks/bench_jacobian.py
