@@ -5,12 +5,6 @@ the children of ``torchvision.models.googlenet`` in order. The children are regi
 the wrapper under their torchvision names, so ``inception4c`` is a tappable layer
 (``ifv.objective.tap(model, "inception4c", x)``) and the wrapper's state dict has exactly the
 keys of torchvision's (less the auxiliary classifiers, which FV never uses).
-
-``activation="softplus"`` replaces the ReLU of every conv-BN-ReLU unit by Softplus(beta=4),
-as in the DenseNet stand-ins (see ifv/models/densenet.py): the offline GoogLeNet at 64 px
-has inception4c maps of 4x4, where after ReLU many channels are zero everywhere in a
-realization; each such channel's row of Dy vanishes, e_i becomes a trivial solution and
-Grad-IFV predicts it (measured: median angle 89.9 degrees with ReLU, experiment 19).
 """
 
 from __future__ import annotations
@@ -19,8 +13,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-
-from ifv.models.densenet import activation_layer
 
 # the children of torchvision's GoogLeNet in the order of its forward pass
 ORDER = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
@@ -46,38 +38,14 @@ def layers(num_classes: int) -> dict[str, int]:
     return {**CHANNELS, "fc": num_classes}
 
 
-class ConvUnit(nn.Module):
-    """torchvision's BasicConv2d (conv, BN, activation) with a chosen activation; same keys."""
-
-    def __init__(self, conv: nn.Module, bn: nn.Module, activation: str) -> None:
-        super().__init__()
-        self.conv, self.bn, self.act = conv, bn, activation_layer(activation)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-
-def _swap_activation(module: nn.Module, activation: str) -> None:
-    """Replace every BasicConv2d below ``module`` by a ConvUnit with ``activation``."""
-    from torchvision.models.googlenet import BasicConv2d
-
-    for name, child in module.named_children():
-        if isinstance(child, BasicConv2d):
-            setattr(module, name, ConvUnit(child.conv, child.bn, activation))
-        else:
-            _swap_activation(child, activation)
-
-
 class GoogLeNetFV(nn.Module):
     """torchvision's GoogLeNet (no auxiliary heads, transform_input=False) on [0, 1] images.
 
-    ``normalize``: (mean, std) per channel applied first, or None for none; ``activation``:
-    relu (torchvision's, the paper's) or softplus (the offline stand-in).
+    ``normalize``: (mean, std) per channel applied first, or None for none.
     """
 
     def __init__(self, num_classes: int = 1000, init_weights: bool = False,
-                 normalize: Sequence[Sequence[float]] | None = None,
-                 activation: str = "relu") -> None:
+                 normalize: Sequence[Sequence[float]] | None = None) -> None:
         super().__init__()
         from torchvision.models import googlenet
 
@@ -86,8 +54,6 @@ class GoogLeNetFV(nn.Module):
         mean, std = normalize if normalize is not None else ((0.0,) * 3, (1.0,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        if activation != "relu":
-            _swap_activation(net, activation)
         for name in ORDER:
             self.add_module(name, getattr(net, name))
 
