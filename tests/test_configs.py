@@ -67,8 +67,8 @@ PAPER_CHANNELS = {"inception4c": 512, "classifier": 10, "dense3": 342, "block8":
 SIZES = {
     "paper": {"densenet": (300, 800, 300, 500), "densenet_ex4": (300, 800, 300, 500),
               "googlenet": (300, 3000, 500, 500), "srnet": (64, 800, 300, 500)},
-    "quick": {"densenet": (64, 300, 300, 100), "densenet_ex4": (64, 300, 300, 100),
-              "googlenet": (32, 200, 200, 50), "srnet": (16, 200, 200, 50)},
+    "quick": {"densenet": (32, 300, 300, 50), "densenet_ex4": (32, 300, 300, 50),
+              "googlenet": (16, 200, 200, 50), "srnet": (16, 200, 200, 50)},
 }
 COMBOS = [(tier, profile) for tier in ("offline", "paper") for profile in ("quick", "paper")]
 
