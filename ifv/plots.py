@@ -197,7 +197,9 @@ def angle_ssim(df: pd.DataFrame, path: PathLike, *, title: str = "",
     ax.set_xlabel("angular distance to target objective [\N{DEGREE SIGN}]")
     ax.set_ylabel("SSIM after re-optimization")
     ax.grid(alpha=0.25)
-    n_unstable = int((~stable).sum())
+    # one row per sample and critical space: count samples, not rows
+    n_unstable = (int(df.loc[~stable, "sample"].nunique()) if "sample" in df.columns
+                  else int((~stable).sum()))
     handles += [
         Line2D([], [], ls="", marker="o", color="0.4", label="stable"),
         Line2D([], [], ls="", marker="^", color="0.4",
