@@ -137,8 +137,7 @@ def table1_markdown(df: pd.DataFrame) -> str:
     head = ["Model", "n_p", "n_f", *(TIME_LABELS[c] for c in TIMES), "from", "stand-in"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
-        n_p = "-" if pd.isna(r["n_p"]) else str(int(r["n_p"]))
-        cells = [r["model"], f"{n_p} / {r['paper_n_p']}", f"{r['n_f'] or '-'} / {r['paper_n_f']}",
+        cells = [r["model"], f"{r['n_p'] or '-'} / {r['paper_n_p']}", f"{r['n_f'] or '-'} / {r['paper_n_f']}",
                  *(f"{_fmt_time(r[c])} / {r[f'paper_{c}']:.1f}" for c in TIMES),
                  r["experiments"] or "not run",
                  "-" if r["stand_in"] is None else ("yes" if r["stand_in"] else "no")]
@@ -152,7 +151,7 @@ def table1(res: Results) -> pd.DataFrame:
     rows = []
     for p in TABLE1:
         row: dict[str, Any] = {"model": p.model, "experiments": "", "stand_in": None,
-                               "n_p": math.nan, "n_f": ""}
+                               "n_p": "", "n_f": ""}
         try:
             df, source = timing_rows(res, p)
         except NotRun:
@@ -160,8 +159,8 @@ def table1(res: Results) -> pd.DataFrame:
         if df is not None and len(df):
             row.update(experiments=source, stand_in=bool(df["stand_in"].any()),
                        n_f=",".join(str(v) for v in sorted(df["n_features"].unique())))
-            if "n_p" in df.columns and df["n_p"].notna().any():
-                row["n_p"] = int(df["n_p"].median())
+            if "n_p" in df.columns and df["n_p"].notna().any():  # e.g. SRNet's two masks
+                row["n_p"] = ",".join(str(int(v)) for v in sorted(df["n_p"].dropna().unique()))
         for col, paper_t in zip(TIMES, p.times, strict=True):
             ok = df is not None and len(df) and col in df.columns
             row[col] = float(df[col].mean()) if ok else math.nan

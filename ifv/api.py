@@ -25,7 +25,7 @@ from ifv.critical import complement
 from ifv.errors import UserError
 from ifv.fv import FVSettings
 from ifv.images import IMAGE_PARAMS, Source, load_images, load_params, to_params
-from ifv.inverse import full_space, reduced_gram, substitution
+from ifv.inverse import full_space, reduced_gram, reduced_spectrum
 from ifv.jacobian import METHODS
 from ifv.metrics import relative_residual
 from ifv.models import check_layer, get_spec, load
@@ -271,14 +271,11 @@ def _basis(critical: str | Path | Tensor | None, critical_dim: int | None, n_f: 
 
 def _next_residual(y: Tensor, gram: Tensor, k: float, basis: Tensor) -> Tensor:
     """sqrt(lambda_2(M M^T) / lambda_max(Z_k G Z_k)), M = U^T Z_k Dy (Supp. S1): (B,)."""
-    u = substitution(y, k, basis)
-    m = reduced_gram(y, gram, k)
-    m = 0.5 * (m + m.transpose(-1, -2))
-    mm = u.transpose(-1, -2) @ m @ u
-    evals = torch.linalg.eigvalsh(0.5 * (mm + mm.transpose(-1, -2))).clamp_min(0.0)
+    _, evals, _ = reduced_spectrum(y, gram, k, basis)
     if evals.shape[-1] < 2:
         return torch.full(y.shape[:1], math.nan, dtype=torch.float64)
-    return torch.sqrt(evals[..., 1] / torch.linalg.eigvalsh(m)[..., -1])
+    lam_max = torch.linalg.eigvalsh(reduced_gram(y, gram, k))[..., -1]
+    return torch.sqrt(evals[..., 1].clamp_min(0.0) / lam_max)
 
 
 def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns",

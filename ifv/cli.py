@@ -153,13 +153,15 @@ def _run_task(cfg: Any) -> None:
     try:
         exp = pipeline.from_config(cfg)
         df = pipeline.run(exp, out, stage_cache=cfg.get("stage_cache"),
-                          progress=bool(cfg.get("progress", True)))
+                          progress=bool(cfg.get("progress", True)),
+                          figures=bool(cfg.get("figures", True)))
     except UserError as exc:
         print(f"ifv: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(pipeline.summary(df))
     print(f"results: {out / 'results.parquet'}")
-    print(f"figures: {out}/angle_ssim.png, alpha.png, realizations.png, ssim_kde.png")
+    if cfg.get("figures", True):
+        print(f"figures: {out}/angle_ssim.png, alpha.png, realizations.png, ssim_kde.png")
 
 
 # A config-carried sweep is resolved once, from the config of the first values of the

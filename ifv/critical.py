@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ifv.inverse import symmetric
+
 
 def principal_vectors(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Principal angles and vectors of Im a and Im b (Knyazev & Argentati 2002, Alg. 3.1).
@@ -90,8 +92,7 @@ def _singular_ratios(gram: Tensor) -> tuple[Tensor, Tensor]:
     gram: (B, n_f, n_f) -> ratios (B, n_f), vectors (B, n_f, n_f) (columns). A sample with
     Dy = 0 gets ratios 0 (every direction is in its co-kernel).
     """
-    g = gram.double()
-    g = 0.5 * (g + g.transpose(-1, -2))
+    g = symmetric(gram.double())
     evals, evecs = torch.linalg.eigh(g)
     sv = evals.clamp_min(0.0).sqrt()
     top = sv[..., -1:]

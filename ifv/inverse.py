@@ -31,6 +31,12 @@ def z_k_inv(y: Tensor, k: float) -> Tensor:
     return eye + float(k) * yb.unsqueeze(-1) * yb.unsqueeze(-2)
 
 
+def symmetric(m: Tensor) -> Tensor:
+    """(m + m^T) / 2 over the last two axes: removes rounding asymmetry before eigh.
+    m: (..., n, n)."""
+    return 0.5 * (m + m.transpose(-1, -2))
+
+
 def full_space(n_f: int, device: torch.device | str | None = None) -> Tensor:
     """Orthonormal basis C_M of the critical space C = R^{n_f}: (n_f, n_f)."""
     return torch.eye(n_f, dtype=torch.float64, device=device)
@@ -47,9 +53,26 @@ def substitution(y: Tensor, k: float, basis: Tensor) -> Tensor:
 
 
 def reduced_gram(y: Tensor, gram: Tensor, k: float) -> Tensor:
-    """Z_k G Z_k = (Z_k Dy)(Z_k Dy)^T. y: (B, n_f), gram: (B, n_f, n_f) -> (B, n_f, n_f)."""
+    """Z_k G Z_k = (Z_k Dy)(Z_k Dy)^T, symmetric. y: (B, n_f), gram: (B, n_f, n_f) ->
+    (B, n_f, n_f), float64."""
     z = z_k(y, k)
-    return z @ gram.double() @ z
+    return symmetric(z @ gram.double() @ z)
+
+
+def reduced_spectrum(y: Tensor, gram: Tensor, k: float,
+                     basis: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """U and the eigen-decomposition of M M^T = U^T Z_k G Z_k U, M = U^T Z_k Dy (Supp. S1).
+
+    y: (B, n_f); gram: (B, n_f, n_f); basis C_M: (n_f, d), default R^{n_f}. Returns
+    U: (B, n_f, d), eigenvalues (B, d) ascending (squared singular values of M) and
+    eigenvectors (B, d, d) as columns.
+    """
+    y = y.double()
+    if basis is None:
+        basis = full_space(y.shape[-1], y.device)
+    u = substitution(y, k, basis)
+    evals, evecs = torch.linalg.eigh(symmetric(u.transpose(-1, -2) @ reduced_gram(y, gram, k) @ u))
+    return u, evals, evecs
 
 
 def solve(y: Tensor, gram: Tensor, k: float, basis: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -63,12 +86,7 @@ def solve(y: Tensor, gram: Tensor, k: float, basis: Tensor | None = None) -> tup
     Returns x*: (B, n_f) unit vectors and the smallest eigenvalue (B,) (= residual^2).
     """
     y = y.double()
-    if basis is None:
-        basis = full_space(y.shape[-1], y.device)
-    u = substitution(y, k, basis)
-    mm = u.transpose(-1, -2) @ reduced_gram(y, gram, k) @ u
-    mm = 0.5 * (mm + mm.transpose(-1, -2))
-    evals, evecs = torch.linalg.eigh(mm)
+    u, evals, evecs = reduced_spectrum(y, gram, k, basis)
     x = (u @ evecs[..., :1]).squeeze(-1)
     x = unit(x)
     sign = torch.where((x * y).sum(-1) < 0, -1.0, 1.0).to(x)

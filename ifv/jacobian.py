@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ifv.inverse import symmetric
+
 METHODS = ("loop", "batched", "vmap")
 
 # Features per is_grads_batched backward in method "batched": memory grows with
@@ -149,7 +151,7 @@ def gram(dy: Tensor, *, block_bytes: int = _GRAM_BLOCK_BYTES) -> Tensor:
         for s2, e2 in edges[bi + 1:]:
             g[s:e, s2:e2] = a @ dy[s2:e2].to(torch.float64).T
             g[s2:e2, s:e] = g[s:e, s2:e2].T
-    return 0.5 * (g + g.T)
+    return symmetric(g)
 
 
 def chunk_size(n_f: int, n_p: int, itemsize: int, max_bytes: int) -> int:

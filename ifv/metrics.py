@@ -83,7 +83,6 @@ def alpha_coefficients(x: Tensor, y: Tensor, gram: Tensor, k: float) -> Tensor:
     to 1. x, y: (B, n_f); gram G = Dy Dy^T: (B, n_f, n_f) -> (B, n_f), column j-1 is c_{i,j}^2.
     """
     m = reduced_gram(y.double(), gram, k)
-    m = 0.5 * (m + m.transpose(-1, -2))
     _, vecs = torch.linalg.eigh(m)
     xu = unit(x.double().to(m.device))
     c = (vecs.transpose(-1, -2) @ xu.unsqueeze(-1)).squeeze(-1)
@@ -106,7 +105,6 @@ def relative_residual(x: Tensor, y: Tensor, gram: Tensor, k: float) -> Tensor:
     gram: (B, n_f, n_f) -> (B,) in [0, 1]; NaN where Z_k Dy = 0.
     """
     m = reduced_gram(y.double(), gram, k)
-    m = 0.5 * (m + m.transpose(-1, -2))
     lam_max = torch.linalg.eigvalsh(m)[..., -1]
     xu = unit(x.double().to(m.device))
     num = (xu.unsqueeze(-2) @ m @ xu.unsqueeze(-1)).reshape(lam_max.shape).clamp_min(0.0)

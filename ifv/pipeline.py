@@ -240,8 +240,10 @@ def reoptimize(response: Response, v: Tensor, objectives: dict[str, Tensor], k: 
 
 
 def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None = None,
-        progress: bool = True, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run one experiment; writes results.parquet and critical.parquet into ``out_dir``."""
+        progress: bool = True, figures: bool = True,
+        log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run one experiment; writes results.parquet, critical.parquet and images.npz into
+    ``out_dir``, and with ``figures`` the run's PNGs."""
     out_dir = Path(out_dir)
     cache = StageCache(stage_cache)
     spec = exp.spec()
@@ -372,7 +374,8 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
               **{f"after_{o}": re[f"after_{o}"] for o in ("target", "response", "random")},
               "after_pred": re[f"after_pred{best_i}"]}
     atomic_write(out_dir / "images.npz", lambda p: _save_images(p, images, x[:N_IMAGES]))
-    _figures(df, param.render(v), canonical, x, out_dir)
+    if figures:
+        _figures(df, param.render(v), canonical, x, out_dir)
     return df
 
 

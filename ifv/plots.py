@@ -197,7 +197,9 @@ def angle_ssim(df: pd.DataFrame, path: PathLike, *, title: str = "",
     ax.set_xlabel("angular distance to target objective [\N{DEGREE SIGN}]")
     ax.set_ylabel("SSIM after re-optimization")
     ax.grid(alpha=0.25)
-    n_unstable = int((~stable).sum())
+    # one row per sample and critical space: count samples, not rows
+    n_unstable = (int(df.loc[~stable, "sample"].nunique()) if "sample" in df.columns
+                  else int((~stable).sum()))
     handles += [
         Line2D([], [], ls="", marker="o", color="0.4", label="stable"),
         Line2D([], [], ls="", marker="^", color="0.4",
@@ -298,7 +300,8 @@ def alpha_bars(alpha: Mapping[str, object] | Tensor | np.ndarray, path: PathLike
         ax.set_xlim(0.0, total_max)
         ax.set_ylim(-0.6, nb - 0.4)
         ax.invert_yaxis()
-        ax.set_xlabel(r"$\alpha_j$ (stacked in increasing order of $j$)")
+        ax.set_xlabel(r"$\alpha_j$ (stacked in increasing order of $j$: ascending singular "
+                      "values)")
     else:
         ax.set_xticks(ticks, labels, rotation=45 if nb > 6 else 0, ha="right" if nb > 6 else
                       "center")
@@ -309,7 +312,8 @@ def alpha_bars(alpha: Mapping[str, object] | Tensor | np.ndarray, path: PathLike
     cb = fig.colorbar(sm, ax=ax, pad=0.02, fraction=0.04 if horizontal else 0.08)
     j_ticks = [j for j in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if j <= n_max]
     cb.set_ticks(j_ticks, labels=[str(j) for j in j_ticks])
-    cb.set_label("j (ascending singular value)", fontsize=8)
+    # a horizontal bar's colorbar is too short for the long label (it was clipped)
+    cb.set_label("j" if horizontal else "j (ascending singular value)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
     if title:
         ax.set_title(title, fontsize=10)

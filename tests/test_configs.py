@@ -166,7 +166,7 @@ def test_param_options_reach_the_parametrization() -> None:
 # ---- end to end, tiny -------------------------------------------------------------------
 
 TINY = ["model.weights=random", "fv.adam_steps=3", "fv.lbfgs_steps=3", "reopt.steps=2",
-        "progress=false"]
+        "progress=false", "figures=false"]  # the PNGs are most of a tiny run's time
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +175,8 @@ def stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stages")
 
 
-@pytest.fixture
-def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip the PNG figures (most of a tiny run's time; test_pipeline checks them)."""
-    monkeypatch.setattr(pipeline, "_figures", lambda *a, **kw: None, raising=False)
-
-
 @pytest.mark.parametrize("i", sorted(S4))
-def test_tiny_run(i: int, tmp_path: Path, stage_cache: Path, no_figures: None,
+def test_tiny_run(i: int, tmp_path: Path, stage_cache: Path,
                   capsys: pytest.CaptureFixture) -> None:
     network, layer, feats, agg, k, param = S4[i]
     name = f"exp{i:02d}"
@@ -210,12 +204,13 @@ def test_tiny_run(i: int, tmp_path: Path, stage_cache: Path, no_figures: None,
                                                          layer)
         assert (row.n_features, row.aggregation, row.k, row.param) == (n_f, agg, k, param)
         assert df.experiment.nunique() == 1 and df.angle_pred.between(0, 90).all()
+        assert not list(out.glob("*.png"))  # figures=false
         if i in CRITICAL:  # R^10 and the critical spaces Algorithm 1 found, if any
             assert (df.critical_dim.max(), df["sample"].nunique()) == (10, 4)
 
 
-def test_a_swept_key_on_the_command_line_runs_alone(tmp_path: Path, stage_cache: Path,
-                                                    no_figures: None) -> None:
+def test_a_swept_key_on_the_command_line_runs_alone(tmp_path: Path,
+                                                    stage_cache: Path) -> None:
     out = tmp_path / "one"
     assert main(["run", "experiment=dnde_nf_k0", "features.n=3", "sampling.n_total=4", *TINY,
                  f"stage_cache={stage_cache}", f"hydra.run.dir={out}"]) == 0
