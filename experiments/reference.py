@@ -137,7 +137,8 @@ def table1_markdown(df: pd.DataFrame) -> str:
     head = ["Model", "n_p", "n_f", *(TIME_LABELS[c] for c in TIMES), "from", "stand-in"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
-        cells = [r["model"], f"{r['n_p'] or '-'} / {r['paper_n_p']}", f"{r['n_f'] or '-'} / {r['paper_n_f']}",
+        cells = [r["model"], f"{r['n_p'] or '-'} / {r['paper_n_p']}",
+                 f"{r['n_f'] or '-'} / {r['paper_n_f']}",
                  *(f"{_fmt_time(r[c])} / {r[f'paper_{c}']:.1f}" for c in TIMES),
                  r["experiments"] or "not run",
                  "-" if r["stand_in"] is None else ("yes" if r["stand_in"] else "no")]
