@@ -16,7 +16,7 @@ from experiments.collect import collect
 from experiments.figures import build, sphere_hoyer
 from experiments.figures import main as figures_main
 from experiments.reference import CLAIMS, TABLE1, table1
-from experiments.report import NO, NOT_RUN, YES, evaluate
+from experiments.report import NA, NO, NOT_RUN, YES, evaluate
 from experiments.report import main as report_main
 from experiments.results import Results
 
@@ -47,6 +47,10 @@ def _write_runs(root: Path) -> None:
         synthetic.write_run(out / exp / "r", synthetic.run_frame(
             exp, n=12, n_features=16, param=param, spaces={16: center}),
             imgs=synthetic.images(16, n=4, size=12, seed=int(exp[-2:])))
+    for exp, param, center in (("exp19", "rgb", 85.0), ("exp20", "fft", 86.0)):
+        synthetic.write_run(out / exp / "r", synthetic.run_frame(
+            exp, n=12, n_features=32, model="googlenet_patterns", layer="inception4c",
+            param=param, spaces={32: center}))
     synthetic.write_run(out / "exp22/r", synthetic.run_frame(
         "exp22", n=16, n_features=64, model="srnet_geometry", layer="block8",
         spaces={64: 2.0}, times=(10.0, 0.4, 0.01, 3.0)))
@@ -186,7 +190,8 @@ def test_report_verdicts_on_planted_values(built: tuple[Path, list[str]]) -> Non
         "k0.dnde_288": YES,              # n_f = 64: all at 80 degrees
         "param.exp17": YES,              # 12 vs 10 degrees
         "param.exp18": NOT_RUN,
-        "param.exp20": NOT_RUN,
+        "param.exp20": NA,               # P_rgb fails itself (85 degrees)
+        "param.exp21": NOT_RUN,
         "critical.dims_dn4cl": NOT_RUN,
         "srnet.exp22": YES,
         "srnet.exp23": NOT_RUN,
@@ -197,6 +202,7 @@ def test_report_verdicts_on_planted_values(built: tuple[Path, list[str]]) -> Non
     assert "30.0" in rows["critical.ones_dncl"].ours
     assert "n_f=32" in rows["k0.dnde_160"].ours and "scaled to 69" in rows["k0.dnde_160"].ours
     assert rows["param.exp18"].ours == "missing exp18"
+    assert "P_rgb fails itself" in rows["param.exp20"].ours
 
 
 def test_report_file(built: tuple[Path, list[str]], tmp_path: Path) -> None:
