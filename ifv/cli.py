@@ -150,17 +150,18 @@ def _run_task(cfg: Any) -> None:
     from ifv.errors import UserError
 
     out = Path(HydraConfig.get().runtime.output_dir)
+    figures = bool(cfg.get("figures", True))
     try:
         exp = pipeline.from_config(cfg)
         df = pipeline.run(exp, out, stage_cache=cfg.get("stage_cache"),
                           progress=bool(cfg.get("progress", True)),
-                          figures=bool(cfg.get("figures", True)))
+                          figures=figures)
     except UserError as exc:
         print(f"ifv: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(pipeline.summary(df))
     print(f"results: {out / 'results.parquet'}")
-    if cfg.get("figures", True):
+    if figures:
         print(f"figures: {out}/angle_ssim.png, alpha.png, realizations.png, ssim_kde.png")
 
 
