@@ -329,7 +329,11 @@ def _share_beyond(res: Results, exp: str, paper_nf: int, paper_total: int, lo: f
     return Measured(m.value, f"{m.text} at {note}")
 
 
-def _onset(res: Results, exp: str, paper_total: int, threshold: float = 20.0) -> Measured:
+# the claims "similar to Sec. 3.4" call a median angle up to this accurate (degrees)
+ACCURATE = 20.0
+
+
+def _onset(res: Results, exp: str, paper_total: int, threshold: float = ACCURATE) -> Measured:
     """Where degradation sets in: the interval (last n_f before, first n_f with a median
     predicted angle above ``threshold``], in the paper's n_f units (scaled where the stand-in
     layer is smaller), so that coarse sweeps (the quick profile) still bracket it."""
@@ -359,10 +363,6 @@ def _param_gap(res: Results, exp: str, base: str) -> Measured:
     if b > ACCURATE:  # two failures a few degrees apart do not show independence of P
         raise NotApplicable(f"P_rgb fails itself ({base}: {_deg(b)}, {exp}: {_deg(a)})")
     return Measured(abs(a - b), f"{_deg(a)} vs {_deg(b)} (gap {_deg(abs(a - b))})")
-
-
-# the claims "similar to Sec. 3.4" call a median angle up to this accurate
-ACCURATE = 20.0
 
 
 def _iqr(x: pd.Series) -> float:
@@ -570,19 +570,19 @@ def _claims() -> list[Claim]:
         # Sec. 3.6, k = 2 stays accurate
         c("k2.nf_dnde", "3.6", "k = 2, DNde: more features only slightly increase the "
           "angles", "similar to Sec. 3.4", ("exp11",), "max over n_f of the median angle_pred",
-          "≤ 20°", lambda r: _max_median_over_nf(r, "exp11"), _at_most(20.0)),
+          "≤ 20°", lambda r: _max_median_over_nf(r, "exp11"), _at_most(ACCURATE)),
         c("k2.nf_gn4c", "3.6", "k = 2, GN4c: more features only slightly increase the "
           "angles", "similar to Sec. 3.4", ("exp12",), "max over n_f of the median angle_pred",
-          "≤ 20°", lambda r: _max_median_over_nf(r, "exp12"), _at_most(20.0)),
+          "≤ 20°", lambda r: _max_median_over_nf(r, "exp12"), _at_most(ACCURATE)),
         c("k2.maxmean", "3.6", "k = 2, 80 DNde filters, max pooling + mean: accurate",
           "similar to Sec. 3.4", ("exp13",), _MED, "≤ 20°",
-          lambda r: _median(r, "exp13", "angle_pred"), _at_most(20.0)),
+          lambda r: _median(r, "exp13", "angle_pred"), _at_most(ACCURATE)),
         c("k2.mean", "3.6", "k = 2, 80 DNde filters, mean aggregation: accurate",
           "similar to Sec. 3.4", ("exp14",), _MED, "≤ 20°",
-          lambda r: _median(r, "exp14", "angle_pred"), _at_most(20.0)),
+          lambda r: _median(r, "exp14", "angle_pred"), _at_most(ACCURATE)),
         c("k2.center", "3.6", "k = 2, 80 DNde filters, center neuron: accurate",
           "similar to Sec. 3.4", ("exp15",), _MED, "≤ 20°",
-          lambda r: _median(r, "exp15", "angle_pred"), _at_most(20.0)),
+          lambda r: _median(r, "exp15", "angle_pred"), _at_most(ACCURATE)),
         # Sec. 3.6, k = 0
         c("k0.dnde_160", "3.6", "k = 0, first 160 DNde filters: predictions significantly "
           "better than the feature responses", "better", ("exp06",),
