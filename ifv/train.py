@@ -181,7 +181,7 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
                                                     pct_start=0.15)
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"train {spec.name}", disable=not progress, unit="step")
-    loss_avg = float("nan")
+    loss_avg = first_loss = float("nan")
     epoch_losses: list[float] = []
     for epoch in range(r.epochs):
         model.train()
@@ -199,6 +199,8 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
             opt.step()
             sched.step()
             val = loss.item()
+            if math.isnan(first_loss):  # before any update: log(classes) at a zero classifier
+                first_loss = val
             loss_sum += val
             loss_avg = val if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * val
             bar.update()
@@ -225,6 +227,7 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
         "n_test": len(x_te),
         "device": str(dev),
         "train_loss": loss_avg,
+        "first_loss": first_loss,
         "epoch_losses": epoch_losses,
         "test_accuracy": acc,
         "test_accuracy_seen_classes": float(per_class[seen].mean()),
