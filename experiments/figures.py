@@ -34,7 +34,14 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from matplotlib.patches import Rectangle
 
-from experiments.reference import EXPERIMENTS, mean_alpha, table1, table1_markdown
+from experiments.reference import (
+    EXPERIMENTS,
+    NotApplicable,
+    hf_share,
+    mean_alpha,
+    table1,
+    table1_markdown,
+)
 from experiments.results import Results
 from ifv.plots import (
     alpha_bars,
@@ -62,7 +69,8 @@ def compose(rows: Sequence[Sequence[Cell]], stem: Path, title: str = "") -> list
     write ``stem``.png and ``stem``.pdf; a None panel is a dashed box saying "not run"."""
     images = [[(imread(p) if p is not None else None, text) for p, text in row] for row in rows]
     gap = 12
-    cap = 26 if any(text for row in rows for _, text in row) else 0
+    lines = max((text.count("\n") + 1 for row in rows for _, text in row if text), default=0)
+    cap = 18 * lines + 8 if lines else 0
     top = 40 if title else 6
 
     def size(img: np.ndarray | None) -> tuple[int, int]:
@@ -244,9 +252,20 @@ def fig4(res: Results, out: Path, log: Log) -> list[Path]:
             continue
         missing = [e for e in exps if res.images(e) is None]
         note = f"; {', '.join(missing)} missing" if missing else ""
-        cells.append((grid, f"({letter}) {net} ({exps[0]}-{exps[-1][-2:]}{note})"))
+        shares = ", ".join(f"{EXPERIMENTS[e].param} {_hf(res, e)}" for e in exps
+                           if e not in missing)
+        cells.append((grid, f"({letter}) {net} ({exps[0]}-{exps[-1][-2:]}{note})\n"
+                            f"high-frequency share: {shares}"))
     return compose([cells], out / "fig4", title="Fig. 4: realizations per parametrization "
-                   "(rows: RGB, FFT, FFT-E)")
+                   "(rows: RGB, FFT, FFT-E; high-frequency share: energy above 0.25 "
+                   "cycles/px, median)")
+
+
+def _hf(res: Results, exp: str) -> str:
+    try:
+        return f"{hf_share(res, exp):.2f}"
+    except NotApplicable:
+        return "n/a"
 
 
 # ---------------------------------------------------------------------------- Fig. S1

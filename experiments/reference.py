@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.linalg import subspace_angles
 
 from experiments.results import NotRun, Results
+from ifv.metrics import high_frequency_share
 
 
 class NotApplicable(ValueError):
@@ -365,6 +367,29 @@ def _param_gap(res: Results, exp: str, base: str) -> Measured:
     return Measured(abs(a - b), f"{_deg(a)} vs {_deg(b)} (gap {_deg(abs(a - b))})")
 
 
+# "visibly smoother" (Fig. 4): at most this share of P_rgb's high-frequency energy
+SMOOTHER = 0.8
+
+
+def hf_share(res: Results, exp: str) -> float:
+    """Median high-frequency share (``ifv.metrics.high_frequency_share``) of the realizations
+    stored for ``exp`` (images.npz: the first samples of its main configuration)."""
+    if not res.has(exp):
+        raise NotRun(exp)
+    images = res.images(exp)
+    if images is None:
+        raise NotApplicable(f"no stored realizations of {exp}")
+    before = torch.from_numpy(images["before"].astype(np.float32))
+    return float(high_frequency_share(before).median())
+
+
+def _smoother(res: Results, exp: str, base: str) -> Measured:
+    a, b = hf_share(res, exp), hf_share(res, base)
+    if b <= 0:
+        raise NotApplicable(f"{base}'s realizations have no high frequencies")
+    return Measured(a / b, f"{a:.2f} vs {b:.2f} (ratio {a / b:.2f})")
+
+
 def _iqr(x: pd.Series) -> float:
     return float(x.quantile(0.75) - x.quantile(0.25))
 
@@ -621,6 +646,12 @@ def _claims() -> list[Claim]:
                      "not influenced", (exp, base),
                      f"|median angle_pred {exp} - median angle_pred {base}|", "≤ 5°",
                      lambda r, e=exp, b=base: _param_gap(r, e, b), _at_most(5.0)))
+    for exp, base, net in (("exp18", "exp16", "DNde"), ("exp21", "exp19", "GN4c")):
+        out.append(c(f"smooth.{exp}", "3.7", f"Fig. 4, {net}: P_ffte's realizations are "
+                     "smoother than P_rgb's", "image quality changes notably", (exp, base),
+                     f"median share of spectral energy above 0.25 cycles/px of the stored "
+                     f"realizations, {exp} vs {base}", f"ratio ≤ {SMOOTHER}",
+                     lambda r, e=exp, b=base: _smoother(r, e, b), _at_most(SMOOTHER)))
     for exp, mask in (("exp22", "mask = 1"), ("exp23", "mask in [-1, 1]")):
         out.append(c(f"srnet.{exp}", "3.7", f"SRNet, k = 2, {mask}: targets recovered up to "
                      "5°", "all 64", (exp,), "share of samples with angle_pred ≤ 5°", "≥ 90%",

@@ -1,5 +1,6 @@
 """Evaluation metrics of Sec. 3: angular distance, critical-space projections, the alpha_j
-decomposition, the relative residual, SSIM, and the random-objective baseline.
+decomposition, the relative residual, SSIM, the high-frequency share of an image (how smooth
+a realization is, Fig. 4) and the random-objective baseline.
 
 All n_f x n_f algebra is float64 and reuses ``ifv.inverse`` (Z_k, the substitution U with
 Im U = Im Z_k(y)^{-1} C_M, and the reduced Gram matrix Z_k G Z_k).
@@ -136,6 +137,34 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
         for ia, ib in zip(na, nb, strict=True)
     ]
     return torch.tensor(vals, dtype=torch.float64)
+
+
+def high_frequency_share(images: Tensor, cutoff: float = 0.25) -> Tensor:
+    """Share of an image's spectral energy above ``cutoff`` cycles per pixel (Fig. 4:
+    P_ffte's realizations should have less of it than P_rgb's).
+
+    Each channel's mean is removed, then the energy |rfft2|^2 (norm="ortho", with
+    ``ifv.param.frequency_scale``'s frequencies) is summed over channels, the columns that
+    stand for a conjugate pair counted twice (so that the total is the image's energy,
+    Parseval); bins with sqrt(fy^2 + fx^2) > cutoff count as high. A uniform image has
+    share 0.
+    images: (B, C, H, W) -> (B,) float64 in [0, 1].
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    im = images.detach().to(torch.float64)
+    energy = torch.fft.rfft2(im - im.mean(dim=(-2, -1), keepdim=True), norm="ortho").abs() ** 2
+    fy = torch.fft.fftfreq(im.shape[-2], dtype=torch.float64, device=im.device)[:, None]
+    fx = torch.fft.rfftfreq(im.shape[-1], dtype=torch.float64, device=im.device)[None, :]
+    high = torch.sqrt(fy * fy + fx * fx) > cutoff
+    pairs = torch.full_like(fx, 2.0)
+    pairs[:, 0] = 1.0
+    if im.shape[-1] % 2 == 0:
+        pairs[:, -1] = 1.0  # the Nyquist column is its own conjugate
+    energy = energy * pairs
+    total = energy.sum(dim=(-3, -2, -1))
+    share = (energy * high).sum(dim=(-3, -2, -1)) / total.clamp_min(torch.finfo(im.dtype).tiny)
+    return torch.where(total > 0, share, torch.zeros_like(share))
 
 
 def random_objective(n: int, n_f: int, generator: torch.Generator | None = None) -> Tensor:

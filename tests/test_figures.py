@@ -15,10 +15,10 @@ from experiments import synthetic
 from experiments.collect import collect
 from experiments.figures import build, sphere_hoyer
 from experiments.figures import main as figures_main
-from experiments.reference import CLAIMS, TABLE1, table1
+from experiments.reference import CLAIMS, TABLE1, NotApplicable, hf_share, table1
 from experiments.report import NA, NO, NOT_RUN, YES, evaluate
 from experiments.report import main as report_main
-from experiments.results import Results
+from experiments.results import NotRun, Results
 
 ONES = np.ones(10) / np.sqrt(10)
 _ORTH = np.eye(10)[0] - ONES[0] * ONES  # orthogonal to ONES
@@ -221,6 +221,33 @@ def test_report_file(built: tuple[Path, list[str]], tmp_path: Path) -> None:
                         "--out", str(tmp_path / "R.md")]) == 0
     empty = (tmp_path / "R.md").read_text()
     assert f"{len(CLAIMS)} not run" in empty
+
+
+def test_smoothness_claims_on_planted_realizations(tmp_path: Path) -> None:
+    """Fig. 4's claim: P_ffte's stored realizations must have at most 0.8 of P_rgb's
+    high-frequency share; planted smooth and noisy images decide it both ways."""
+    rng = np.random.default_rng(3)
+    smooth = synthetic.images(8, n=4, size=16)
+    noisy = {**smooth, "before": rng.uniform(0, 1, smooth["before"].shape).astype(np.float16)}
+    runs = {"exp16": ("rgb", noisy), "exp18": ("ffte", smooth),   # smoother: yes
+            "exp19": ("rgb", smooth), "exp21": ("ffte", noisy),   # rougher: no
+            "exp17": ("fft", None)}                               # no images
+    for exp, (param, imgs) in runs.items():
+        synthetic.write_run(tmp_path / "out" / exp, synthetic.run_frame(
+            exp, n=4, n_features=8, param=param), imgs=imgs)
+    collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
+    res = Results(tmp_path / "results")
+    rows = {r.claim.key: r for r in evaluate(res)}
+    assert rows["smooth.exp18"].status == YES and rows["smooth.exp21"].status == NO
+    assert "ratio 0.0" in rows["smooth.exp18"].ours
+    assert hf_share(res, "exp16") > 0.7 and hf_share(res, "exp19") < 0.1
+    with pytest.raises(NotApplicable, match="no stored realizations"):
+        hf_share(res, "exp17")
+    with pytest.raises(NotRun):
+        hf_share(res, "exp20")
+    lines: list[str] = []
+    build(tmp_path / "results", tmp_path / "figures", log=lines.append)
+    _png(tmp_path / "figures/fig4.png")
 
 
 def test_report_survives_unexpected_data(tmp_path: Path) -> None:

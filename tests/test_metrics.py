@@ -14,6 +14,7 @@ from ifv.metrics import (
     alpha_coefficients,
     angular_distance,
     critical_fraction,
+    high_frequency_share,
     projected_angle,
     random_objective,
     relative_residual,
@@ -228,6 +229,43 @@ def test_ssim_rejects_bad_shapes() -> None:
         ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9))
     with pytest.raises(ValueError):
         ssim(torch.rand(1, 3, 2, 2), torch.rand(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("w", [12, 13])
+def test_high_frequency_share_against_the_full_spectrum(w: int) -> None:
+    """The one-sided rfft2 sum with conjugate pairs counted twice equals the share computed
+    on the full two-sided fft2 spectrum (odd and even widths)."""
+    g = torch.Generator().manual_seed(10)
+    im = torch.rand(4, 3, 10, w, generator=g, dtype=D)
+    c = im - im.mean(dim=(-2, -1), keepdim=True)
+    energy = torch.fft.fft2(c).abs() ** 2
+    fy = torch.fft.fftfreq(10, dtype=D)[:, None]
+    fx = torch.fft.fftfreq(w, dtype=D)[None, :]
+    high = torch.sqrt(fy**2 + fx**2) > 0.25
+    expected = (energy * high).sum(dim=(-3, -2, -1)) / energy.sum(dim=(-3, -2, -1))
+    share = high_frequency_share(im)
+    assert share.shape == (4,) and share.dtype == D
+    torch.testing.assert_close(share, expected)
+    # white noise: about the share of bins beyond the cutoff, 1 - pi / 16
+    assert bool(((share > 0.7) & (share < 0.95)).all())
+
+
+def test_high_frequency_share_hand_cases() -> None:
+    yy, xx = torch.meshgrid(torch.arange(16, dtype=D), torch.arange(16, dtype=D),
+                            indexing="ij")
+    slow = 0.5 + 0.4 * torch.cos(2 * math.pi * (xx + 2 * yy) / 16)  # f = sqrt(5)/16 < 0.25
+    checker = (xx + yy) % 2  # the Nyquist corner, f = sqrt(2)/2
+    fast = 0.5 + 0.4 * torch.cos(2 * math.pi * 5 * xx / 16)  # f = 5/16 > 0.25
+    images = torch.stack([slow, checker, fast, torch.full_like(xx, 0.3)])
+    share = high_frequency_share(images.unsqueeze(1).expand(-1, 3, -1, -1))
+    torch.testing.assert_close(share, t(0.0, 1.0, 1.0, 0.0), atol=1e-12, rtol=0)
+    # a mix: half the energy in each band
+    mixed = high_frequency_share((slow + fast - 0.5).expand(1, 1, -1, -1))
+    torch.testing.assert_close(mixed, t(0.5), atol=1e-12, rtol=0)
+    # the cutoff is a strict threshold on the frequency
+    assert float(high_frequency_share(fast.expand(1, 1, -1, -1), cutoff=5 / 16)) < 1e-12
+    with pytest.raises(ValueError):
+        high_frequency_share(slow)
 
 
 def test_random_objective() -> None:
