@@ -21,12 +21,14 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.googlenet import BasicConv2d
 
 from ifv.cli import main
 from ifv.data import cifar
 from ifv.errors import UserError
 from ifv.models import MODELS, Recipe, get_spec, load, registry
 from ifv.models.densenet import DenseNetBC
+from ifv.models.googlenet import GoogLeNetFV
 from ifv.objective import tap
 from ifv.train import dataset, pad_crop
 
@@ -291,6 +293,32 @@ def test_densenet_stand_ins_are_smooth_and_the_papers_is_relu() -> None:
     assert curvature("softplus") > 1e-3
     with pytest.raises(ValueError, match="valid: relu, softplus"):
         DenseNetBC(depth=10, activation="tanh")
+
+
+def test_googlenet_stand_in_is_smooth_and_taps_inception4c_before_its_activation() -> None:
+    """Softplus and average pooling everywhere; inception4c's activation moved after the
+    concatenation: the same function, but the tap sees pre-activations (negative values)."""
+    spec = get_spec("googlenet_patterns")
+    stand_in = load(spec, weights="random")
+    kinds = {type(m) for m in stand_in.modules()}
+    assert nn.Softplus in kinds and nn.AvgPool2d in kinds
+    assert not kinds & {nn.ReLU, nn.MaxPool2d, BasicConv2d}
+    post = GoogLeNetFV(**{**spec.arch_kwargs, "preactivation": ()}).eval()
+    assert set(post.state_dict()) == set(stand_in.state_dict())
+    post.load_state_dict(stand_in.state_dict())
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(stand_in(x), post(x))
+        pre, act = tap(stand_in, "inception4c", x), tap(post, "inception4c", x)
+    assert float(pre.min()) < 0.0 < float(act.min())
+    torch.testing.assert_close(nn.functional.softplus(pre, beta=4.0), act)
+    # the paper tier keeps torchvision's ReLU and max pooling
+    paper = {type(m) for m in load("googlenet", weights="random").modules()}
+    assert nn.MaxPool2d in paper and not paper & {nn.Softplus, nn.AvgPool2d}
+    with pytest.raises(ValueError, match="must name Inception children"):
+        GoogLeNetFV(preactivation=("conv1",))
+    with pytest.raises(ValueError, match="valid: max, avg"):
+        GoogLeNetFV(pool="min")
 
 
 def test_new_recipe_fields_keep_old_checkpoint_names() -> None:

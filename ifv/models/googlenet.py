@@ -5,6 +5,14 @@ the children of ``torchvision.models.googlenet`` in order. The children are regi
 the wrapper under their torchvision names, so ``inception4c`` is a tappable layer
 (``ifv.objective.tap(model, "inception4c", x)``) and the wrapper's state dict has exactly the
 keys of torchvision's (less the auxiliary classifiers, which FV never uses).
+
+The offline stand-in changes three things (``smooth`` and ``preactivation``): Softplus
+(beta = 4) for ReLU and average for max pooling, so that FV's optima are stationary points
+rather than kinks (see ifv/models/densenet.py); and the activation of inception4c moved from
+the ends of its four branches to after their concatenation, which computes the same function
+but makes the tapped output a pre-activation, as DenseNet's dense3 is. At 64 px inception4c
+has 4x4 maps, and a channel whose activation is flat at all 16 positions has a zero row in
+Dy: e_i is then a trivial solution for that sample (design.md).
 """
 
 from __future__ import annotations
@@ -13,6 +21,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ifv.models.densenet import activation_layer
+
+POOLS = ("max", "avg")
 
 # the children of torchvision's GoogLeNet in the order of its forward pass
 ORDER = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
@@ -38,19 +50,71 @@ def layers(num_classes: int) -> dict[str, int]:
     return {**CHANNELS, "fc": num_classes}
 
 
+class ConvBN(nn.Module):
+    """torchvision's BasicConv2d (conv, batch norm, activation) with a chosen activation."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = conv, bn, act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+def smooth(net: nn.Module, activation: str, pool: str) -> None:
+    """Swap, in place, every BasicConv2d's ReLU for ``activation`` and, for ``pool="avg"``,
+    every max pooling for average pooling of the same window (padding not counted).
+
+    State-dict keys are unchanged (the activations hold no weights)."""
+    from torchvision.models.googlenet import BasicConv2d
+
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BasicConv2d) and activation != "relu":
+                setattr(parent, name, ConvBN(child.conv, child.bn, activation_layer(activation)))
+            elif isinstance(child, nn.MaxPool2d) and pool == "avg":
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride,
+                                                   child.padding, child.ceil_mode,
+                                                   count_include_pad=False))
+
+
 class GoogLeNetFV(nn.Module):
     """torchvision's GoogLeNet (no auxiliary heads, transform_input=False) on [0, 1] images.
 
-    ``normalize``: (mean, std) per channel applied first, or None for none.
+    ``normalize``: (mean, std) per channel applied first, or None for none. ``activation``
+    and ``pool``: see ``smooth`` (defaults: torchvision's). ``preactivation``: Inception
+    children whose output is taken before the final activation of their branches; the
+    activation is applied to the concatenation instead (the same function, since it acts
+    elementwise), so that tapping them gives pre-activations.
     """
 
     def __init__(self, num_classes: int = 1000, init_weights: bool = False,
-                 normalize: Sequence[Sequence[float]] | None = None) -> None:
+                 normalize: Sequence[Sequence[float]] | None = None,
+                 activation: str = "relu", pool: str = "max",
+                 preactivation: Sequence[str] = ()) -> None:
         super().__init__()
         from torchvision.models import googlenet
 
         net = googlenet(weights=None, num_classes=num_classes, aux_logits=False,
                         init_weights=init_weights, transform_input=False)
+        smooth(net, activation, pool)
+        inceptions = [n for n in ORDER if n.startswith("inception")]
+        unknown = [n for n in preactivation if n not in inceptions]
+        if unknown:
+            raise ValueError(f"preactivation {unknown} must name Inception children; valid: "
+                             f"{', '.join(inceptions)}")
+        self.after = nn.ModuleDict()  # activations applied after a child's output
+        for name in preactivation:
+            block = getattr(net, name)
+            for key in ("branch1", "branch2", "branch3", "branch4"):
+                parent, branch = block, getattr(block, key)
+                if isinstance(branch, nn.Sequential):  # its last conv ends the branch
+                    parent, key = branch, str(len(branch) - 1)
+                last = getattr(parent, key)
+                setattr(parent, key, ConvBN(last.conv, last.bn, nn.Identity()))
+            self.after[name] = activation_layer(activation)
         mean, std = normalize if normalize is not None else ((0.0,) * 3, (1.0,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -61,6 +125,8 @@ class GoogLeNetFV(nn.Module):
         x = (x - self.mean) / self.std
         for name in ORDER:
             x = getattr(self, name)(x)
+            if name in self.after:
+                x = self.after[name](x)
             if name == "avgpool":
                 x = torch.flatten(x, 1)
         return x
