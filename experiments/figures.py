@@ -42,7 +42,7 @@ from experiments.reference import (
     table1,
     table1_markdown,
 )
-from experiments.results import Results
+from experiments.results import NotRun, Results
 from ifv.plots import (
     alpha_bars,
     angle_ssim,
@@ -264,7 +264,7 @@ def fig4(res: Results, out: Path, log: Log) -> list[Path]:
 def _hf(res: Results, exp: str) -> str:
     try:
         return f"{hf_share(res, exp):.2f}"
-    except NotApplicable:
+    except (NotApplicable, NotRun):
         return "n/a"
 
 
