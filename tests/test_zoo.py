@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -321,14 +321,16 @@ def test_googlenet_stand_in_is_smooth_and_taps_inception4c_before_its_activation
         GoogLeNetFV(pool="min")
 
 
-def test_new_recipe_fields_keep_old_checkpoint_names() -> None:
-    relu = {"depth": 22, "growth": 12, "num_classes": 10}  # the first stand-ins: ReLU
-    old = replace(get_spec("densenet_patterns"), recipe=Recipe(), arch_kwargs=relu)
-    assert old.key() == "3abde821a0"  # the key before classifier_weight_decay and schedule
-    assert old.with_recipe(schedule="step").key() != old.key()
-    assert old.with_recipe(classifier_weight_decay=0.5).key() != old.key()
-    gn = get_spec("googlenet_patterns")
-    assert replace(gn, input_size=(96, 96)).key() != gn.key()  # resolution is in the key
+def test_every_recipe_field_and_the_resolution_are_in_the_key() -> None:
+    spec = get_spec("densenet_patterns")
+    base = spec.with_recipe(**asdict(Recipe()))
+    keys = {base.key()}
+    for name, value in (("epochs", 7), ("schedule", "step"), ("classifier_weight_decay", 0.3),
+                        ("seed", 5), ("exclude_classes", (4,))):
+        keys.add(base.with_recipe(**{name: value}).key())
+    keys.add(replace(base, input_size=(48, 48)).key())
+    assert len(keys) == 7  # each change names another checkpoint
+    assert base.key() == spec.with_recipe(**asdict(Recipe())).key()  # and the key is stable
 
 
 def test_pad_crop_crops_each_image_at_its_offset() -> None:

@@ -47,11 +47,6 @@ class Recipe:
     schedule: str = "onecycle"
 
 
-# Recipe fields added after the first checkpoints were written: left out of a model's key
-# while they hold their default, so that existing checkpoints keep their names.
-_LATER_RECIPE_FIELDS = {"classifier_weight_decay": None, "schedule": "onecycle"}
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A zoo entry. ``layers`` maps each tappable layer to its channel count."""
@@ -89,12 +84,9 @@ class ModelSpec:
 
     def key(self) -> str:
         """Hash of the architecture and the recipe: the checkpoint's identity."""
-        recipe = {k: v for k, v in asdict(self.recipe).items()
-                  if k not in _LATER_RECIPE_FIELDS or v != _LATER_RECIPE_FIELDS[k]}
         ident: dict[str, Any] = {"arch": self.arch, "kwargs": self.arch_kwargs,
-                                 "recipe": recipe}
-        if self.input_size != (32, 32):  # the first models' size, left out of their keys
-            ident["input_size"] = list(self.input_size)
+                                 "recipe": asdict(self.recipe),
+                                 "input_size": list(self.input_size)}
         if self.weights_source is not None:
             ident["weights"] = self.weights_source
         if self.normalize is not None:
