@@ -1,4 +1,5 @@
-"""Procedural image classes: the offline stand-in for CIFAR-10 (design.md, offline tier).
+"""Procedural image classes: the offline stand-in for CIFAR-10 and ImageNet
+(docs/stand-ins.md).
 
 Ten classes of patterns drawn with random colours, scales, phases, positions, edge
 sharpness and pixel noise; deterministic for a given seed. Images are (3, size, size) in

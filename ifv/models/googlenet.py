@@ -12,7 +12,8 @@ rather than kinks (see ifv/models/densenet.py); and the activation of inception4
 the ends of its four branches to after their concatenation, which computes the same function
 but makes the tapped output a pre-activation, as DenseNet's dense3 is. At 64 px inception4c
 has 4x4 maps, and a channel whose activation is flat at all 16 positions has a zero row in
-Dy: e_i is then a trivial solution for that sample (design.md).
+Dy: e_i is then a trivial solution for that sample. The stand-in also trains at a low
+learning rate (``ifv.models.registry``). Each change and what it measured: docs/stand-ins.md.
 """
 
 from __future__ import annotations
