@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifv.jacobian import METHODS, _jacobian_batched, chunk_size, jacobian, response_and_gram
-
-Fn = Callable[[Tensor], Tensor]
+from ifv.objective import ResponseFn
 
 
 class DenseLayer(nn.Module):
@@ -59,7 +58,7 @@ def dense_net(n_layers: int, growth: int = 12, stem: int = 16) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def make_fn(net: nn.Module, n_f: int) -> Fn:
+def make_fn(net: nn.Module, n_f: int) -> ResponseFn:
     """N~ = Agg o N o P_rgb: sigmoid, the net, first n_f channels, 3x3 max-pool + mean."""
 
     def fn(v: Tensor) -> Tensor:
@@ -69,7 +68,7 @@ def make_fn(net: nn.Module, n_f: int) -> Fn:
     return fn
 
 
-def jacrev_per_sample(fn: Fn, v: Tensor) -> tuple[Tensor, Tensor]:
+def jacrev_per_sample(fn: ResponseFn, v: Tensor) -> tuple[Tensor, Tensor]:
     """(extra) torch.func.vmap over samples of jacrev of the single-sample function."""
     def single(x: Tensor) -> Tensor:
         return fn(x[None])[0]
@@ -79,7 +78,7 @@ def jacrev_per_sample(fn: Fn, v: Tensor) -> tuple[Tensor, Tensor]:
         return fn(v), jac.reshape(v.shape[0], jac.shape[1], -1)
 
 
-def replicated(fn: Fn, v: Tensor, features: int = 16) -> tuple[Tensor, Tensor]:
+def replicated(fn: ResponseFn, v: Tensor, features: int = 16) -> tuple[Tensor, Tensor]:
     """(extra) Each sample repeated for ``features`` features, one backward per chunk."""
     batch = v.shape[0]
     with torch.no_grad():

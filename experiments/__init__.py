@@ -1,4 +1,4 @@
-"""The paper-reproduction layer (design.md): gather the runs of the Supp. S4 experiments into
+"""The paper-reproduction layer: gather the runs of the Supp. S4 experiments into
 ``results/``, build the paper's figures and Table 1 from them, and compare our numbers with
 the quantitative claims of Sec. 3 in ``figures/REPORT.md``.
 

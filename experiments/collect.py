@@ -6,7 +6,7 @@ Finds every ``results.parquet`` below the DIRs (default: ``outputs`` and ``multi
 writes, per experiment of Supp. S4, the files described in ``experiments.results``. Every
 parquet file is read by itself, without hive partition discovery, so the ``k=2``-like
 folders of Hydra sweeps never add or overwrite columns. Where the same configuration
-(experiment, model, layer, n_features, aggregation, k, param, seed and sample count) ran
+(experiment, model, layer, n_f, aggregation, k, param, seed and sample count) ran
 several times, only the newest run (mtime of its results.parquet) is kept, and a line says
 so. A run directory without results.parquet (a failed or unfinished job) and an unreadable
 file are reported with one line each and skipped. All writes are atomic.
@@ -15,7 +15,6 @@ file are reported with one line each and skipped. All writes are atomic.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -27,14 +26,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from experiments.results import image_key
+from ifv.results import CONFIG
 from ifv.store import atomic_write
 
 DEFAULT_DIRS = ("outputs", "multirun")
-# the identity of a configuration (besides the number of samples)
-CONFIG = ("experiment", "model", "layer", "n_features", "aggregation", "k", "param", "seed")
-REQUIRED = (*CONFIG, "sample", "critical_dim", "angle_pred")
-# readable names of the experiment files in conf/experiment -> their Supp. S4 ids
-ALIASES = {"dncl_k2": "exp02", "dn4cl_k2": "exp03", "dncl_k0": "exp04", "dn4cl_k0": "exp05"}
+REQUIRED = (*CONFIG, "sample", "critical_dim", "angle_pred", "best_space")
 
 
 @dataclass
@@ -57,34 +53,14 @@ class Run:
 
     def describe(self) -> str:
         f = self.frame.iloc[0]
-        return (f"{f['experiment']} {f['model']}.{f['layer']} n_f={f['n_features']} "
+        return (f"{f['experiment']} {f['model']}.{f['layer']} n_f={f['n_f']} "
                 f"{f['aggregation']} k={float(f['k']):g} {f['param']} seed={f['seed']} "
                 f"n={self.frame['sample'].nunique()}")
-
-
-def experiment_id(name: str) -> str:
-    """``exp1``/``exp01``/``dncl_k2`` -> ``exp01``/``exp01``/``exp02``; others unchanged."""
-    m = re.fullmatch(r"exp0*(\d+)", name)
-    if m:
-        return f"exp{int(m.group(1)):02d}"
-    return ALIASES.get(name, name)
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
     """One parquet file, no partition columns guessed from its path."""
     return pq.read_table(path, partitioning=None).to_pandas()
-
-
-def _fill_best_space(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs written before ``best_space`` existed: the space with the lowest median angle
-    (Sec. 3.5), as ``ifv.critical.best_space`` chooses it."""
-    if "best_space" in df.columns:
-        return df
-    med = df.groupby("critical_dim")["angle_pred"].median()
-    df = df.copy()
-    df["best_space"] = df["critical_dim"] == (med.idxmin() if med.notna().any() else
-                                              df["critical_dim"].iloc[0])
-    return df
 
 
 def find_runs(roots: Sequence[Path], log: Callable[[str], None]) -> list[Run]:
@@ -105,8 +81,6 @@ def find_runs(roots: Sequence[Path], log: Callable[[str], None]) -> list[Run]:
             log(f"skipped {path}: unreadable results ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''})")
             continue
-        frame = _fill_best_space(frame)
-        frame["experiment"] = frame["experiment"].astype(str).map(experiment_id)
         critical = None
         crit_path = path.parent / "critical.parquet"
         if crit_path.is_file():
@@ -150,7 +124,7 @@ def _critical_table(runs: list[Run]) -> pd.DataFrame | None:
         c = run.critical.copy()
         first = run.frame.iloc[0]
         c["experiment"] = run.experiment
-        for col in ("model", "n_features", "k", "param"):
+        for col in ("model", "n_f", "k", "param"):
             c[col] = first[col]
         c["run"] = str(run.path)
         frames.append(c)
@@ -175,10 +149,10 @@ def write_experiment(exp: str, runs: list[Run], out: Path,
             log(f"skipped {run.images}: unreadable images")
             continue
         f = run.frame.iloc[0]
-        images[image_key(str(f["param"]), int(f["n_features"]), float(f["k"]))] = run
+        images[image_key(str(f["param"]), int(f["n_f"]), float(f["k"]))] = run
     folder = out / exp
     if images:
-        main = max(images.values(), key=lambda r: (int(r.frame["n_features"].iloc[0]), r.mtime))
+        main = max(images.values(), key=lambda r: (int(r.frame["n_f"].iloc[0]), r.mtime))
         src = main.images
         atomic_write(out / f"{exp}.npz", lambda p: shutil.copyfile(src, p))
     written = set()
@@ -204,10 +178,10 @@ def collect(dirs: Sequence[Path], out: Path, log: Callable[[str], None] = print,
     rows = []
     for exp in sorted(by_exp):
         n_rows, n_images = write_experiment(exp, by_exp[exp], out, log)
-        n_f = sorted({int(r.frame["n_features"].iloc[0]) for r in by_exp[exp]})
+        n_f = sorted({int(r.frame["n_f"].iloc[0]) for r in by_exp[exp]})
         rows.append({"experiment": exp, "runs": len(by_exp[exp]), "rows": n_rows,
-                     "n_features": ",".join(map(str, n_f)), "image sets": n_images})
-    return pd.DataFrame(rows, columns=["experiment", "runs", "rows", "n_features",
+                     "n_f": ",".join(map(str, n_f)), "image sets": n_images})
+    return pd.DataFrame(rows, columns=["experiment", "runs", "rows", "n_f",
                                        "image sets"])
 
 

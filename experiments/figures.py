@@ -15,24 +15,26 @@ figures it skipped for missing experiments:
 - ``s4/<exp>``: the diagrams of Supp. S4 for every collected experiment;
 - ``table1.md``/``table1.csv``: seconds per sample per model (Table 1).
 
-The diagrams come from ``ifv.plots`` as PNG panels (kept in ``<out>/panels/``); each figure
-lays its panels out on one canvas and writes it as PNG and as PDF (the panels embedded as
-images at their native resolution).
+Each figure is one matplotlib figure: its panels are subfigures laid out row by row (each
+row centred, a caption above every panel), each drawn by an ``ifv.plots`` function, so the
+PDF is vector; only realizations and difference maps are embedded as images.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.image import imread
+from matplotlib.figure import Figure, FigureBase, SubFigure
+from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
+from matplotlib.textpath import TextToPath
 
 from experiments.reference import (
     EXPERIMENTS,
@@ -44,71 +46,126 @@ from experiments.reference import (
 )
 from experiments.results import NotRun, Results
 from ifv.plots import (
+    ANGLE_SSIM_SIZE,
+    SSIM_KDE_SIZE,
+    Size,
     alpha_bars,
+    alpha_bars_size,
     angle_ssim,
     difference_maps,
+    difference_maps_size,
     hoyer_histograms,
+    hoyer_histograms_size,
+    new_figure,
+    predicted_only,
     realizations_grid,
+    realizations_size,
+    save,
     ssim_kde,
 )
 from ifv.sampling import hoyer, uniform_sphere
 from ifv.store import atomic_write
 
-Cell = tuple[Path | None, str]  # a panel (None: placeholder) and its caption
 Log = Callable[[str], None]
-DPI = 100
-PLACEHOLDER = (360, 240)  # pixels of a missing panel
+Draw = Callable[[SubFigure], object]
+MISSING: Size = (3.6, 2.4)  # inches of a panel that was not run
+GAP = 0.12  # inches between panels and around a figure
+TITLE = 0.4  # inches above the panels for a figure title
+TITLE_SIZE = 13  # points
+CAPTION_LINE, CAPTION_PAD = 0.18, 0.08  # inches per caption line, and below a caption
 
 
 class Skipped(Exception):
     """A figure cannot be built from the present results (the message says why)."""
 
 
-def compose(rows: Sequence[Sequence[Cell]], stem: Path, title: str = "") -> list[Path]:
-    """Lay PNG panels out row by row (each row centred, a caption above every cell) and
-    write ``stem``.png and ``stem``.pdf; a None panel is a dashed box saying "not run"."""
-    images = [[(imread(p) if p is not None else None, text) for p, text in row] for row in rows]
-    gap = 12
-    lines = max((text.count("\n") + 1 for row in rows for _, text in row if text), default=0)
-    cap = 18 * lines + 8 if lines else 0
-    top = 40 if title else 6
+@dataclass(frozen=True)
+class Cell:
+    """A panel: its natural size in inches, what draws it (None: a "not run" box) and the
+    caption above it."""
 
-    def size(img: np.ndarray | None) -> tuple[int, int]:
-        return PLACEHOLDER if img is None else (img.shape[1], img.shape[0])
+    size: Size
+    draw: Draw | None
+    caption: str = ""
 
-    widths = [sum(size(i)[0] for i, _ in row) + gap * (len(row) - 1) for row in images]
-    heights = [max(size(i)[1] for i, _ in row) + cap for row in images]
-    w_tot = max(widths) + 2 * gap
-    h_tot = top + sum(heights) + gap * len(images)
-    fig = Figure(figsize=(w_tot / DPI, h_tot / DPI), dpi=DPI)
-    FigureCanvasAgg(fig)
+
+def not_run(caption: str) -> Cell:
+    """A panel whose experiments were not run."""
+    return Cell(MISSING, None, caption)
+
+
+def _axes_panel(draw: Callable, *args: object, **kwargs: object) -> Draw:
+    """A panel of one axes: ``draw(ax, *args, **kwargs)``."""
+    return lambda fig: draw(fig.add_subplot(), *args, **kwargs)
+
+
+def _draw_not_run(fig: SubFigure) -> None:
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.add_patch(Rectangle((0.02, 0.02), 0.96, 0.96, fill=False, ls="--", ec="0.6",
+                           transform=ax.transAxes))
+    ax.text(0.5, 0.5, "not run", ha="center", va="center", color="0.5", fontsize=12,
+            transform=ax.transAxes)
+
+
+def _strip(parent: FigureBase, sizes: Sequence[float], total: float, *, vertical: bool,
+           centred: bool, gap: float = GAP) -> list[SubFigure]:
+    """Subfigures of ``parent`` of ``sizes`` inches in a row (or a column, top to bottom)
+    ``total`` inches long, ``gap`` apart; the slack split on both sides (centred) or after."""
+    slack = max(total - sum(sizes) - gap * (len(sizes) - 1), 0.0)
+    before, after = (slack / 2, slack / 2) if centred else (0.0, slack)
+    ratios, index = [before] if before > 1e-3 else [], []
+    for i, s in enumerate(sizes):
+        if i and gap > 0:
+            ratios.append(gap)
+        index.append(len(ratios))
+        ratios.append(s)
+    ratios += [after] if after > 1e-3 else []
+    shape, key = ((len(ratios), 1), "height_ratios") if vertical else ((1, len(ratios)),
+                                                                      "width_ratios")
+    subs = parent.subfigures(*shape, squeeze=False, wspace=0.0, hspace=0.0, **{key: ratios})
+    return [subs.flat[i] for i in index]
+
+
+def _fill(fig: SubFigure, cell: Cell, height: float) -> None:
+    """Draw ``cell`` in ``fig`` under its caption, top-aligned in ``height`` inches."""
+    if cell.caption:
+        fig.suptitle(cell.caption, fontsize=11)
+    panel = _strip(fig, [cell.size[1]], height, vertical=True, centred=False)[0]
+    (cell.draw or _draw_not_run)(panel)
+
+
+def _text_width(text: str, size: float) -> float:
+    """Inches that one line of ``text`` takes in the default font at ``size`` points."""
+    if not text:
+        return 0.0
+    width, _, _ = TextToPath().get_text_width_height_descent(text, FontProperties(size=size),
+                                                             ismath=False)
+    return width / 72.0
+
+
+def layout(rows: Sequence[Sequence[Cell]], title: str = "") -> Figure:
+    """One figure of ``rows`` of panels, each row centred, a caption above every panel."""
+    lines = max((c.caption.count("\n") + 1 for row in rows for c in row if c.caption),
+                default=0)
+    cap = CAPTION_LINE * lines + CAPTION_PAD if lines else 0.0
+    widths = [sum(c.size[0] for c in row) + GAP * (len(row) - 1) for row in rows]
+    heights = [max(c.size[1] for c in row) + cap for row in rows]
+    width = max(*widths, _text_width(title, TITLE_SIZE)) + 2 * GAP
+    fig = new_figure((width, (TITLE if title else GAP) + sum(heights) + GAP * len(rows)))
     if title:
-        fig.text(0.5, 1 - 20 / h_tot, title, ha="center", va="center", fontsize=13)
-    y = top
-    for row, row_w, row_h in zip(images, widths, heights, strict=True):
-        x = (w_tot - row_w) / 2
-        for img, text in row:
-            w, h = size(img)
-            if text:
-                fig.text((x + w / 2) / w_tot, 1 - (y + cap / 2) / h_tot, text, ha="center",
-                         va="center", fontsize=11)
-            ax = fig.add_axes((x / w_tot, 1 - (y + cap + h) / h_tot, w / w_tot, h / h_tot))
-            ax.set_axis_off()
-            if img is None:
-                ax.add_patch(Rectangle((0.02, 0.02), 0.96, 0.96, fill=False, ls="--",
-                                       ec="0.6", transform=ax.transAxes))
-                ax.text(0.5, 0.5, "not run", ha="center", va="center", color="0.5",
-                        fontsize=12, transform=ax.transAxes)
-            else:
-                ax.imshow(img, interpolation="none", aspect="auto")
-            x += w + gap
-        y += row_h + gap
-    out = []
-    for fmt in ("png", "pdf"):
-        path = stem.with_suffix(f".{fmt}")
-        atomic_write(path, lambda p, f=fmt: fig.savefig(p, format=f, dpi=DPI))
-        out.append(path)
-    return out
+        fig.suptitle(title, fontsize=TITLE_SIZE)
+    for sub, row, h in zip(_strip(fig, heights, sum(heights) + GAP * (len(rows) - 1),
+                                  vertical=True, centred=False), rows, heights, strict=True):
+        for cell_fig, cell in zip(_strip(sub, [c.size[0] for c in row], width, vertical=False,
+                                         centred=True), row, strict=True):
+            _fill(cell_fig, cell, h - cap)
+    return fig
+
+
+def write_figure(fig: Figure, stem: Path) -> list[Path]:
+    """``stem``.png and ``stem``.pdf of ``fig``."""
+    return [save(fig, stem.with_suffix(f".{fmt}")) for fmt in ("png", "pdf")]
 
 
 def _label(exp: str) -> str:
@@ -133,24 +190,20 @@ def _require_any(res: Results, exps: Sequence[str]) -> None:
         raise Skipped(f"none of {', '.join(exps)} in {res.root}/")
 
 
-def _predicted_only(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows for a trivariate plot: only the predicted objectives are drawn (Fig. 2b,c)."""
-    return df.drop(columns=[c for c in ("ssim_target", "ssim_response", "ssim_random")
-                            if c in df.columns])
-
-
 # ---------------------------------------------------------------------------- Fig. 2
 
-def _fig2_column(res: Results, exp: str, panels: Path, trivariate: bool) -> tuple[Path, Path]:
+def _fig2_column(res: Results, exp: str, caption: str, trivariate: bool) -> tuple[Cell, Cell]:
+    """The alpha bars (captioned) and the angle-vs-SSIM plot of one column of Fig. 2."""
     best = res.best(exp)
     title = f"{_label(exp)}{_stand_in_note(best)}"
-    alpha = alpha_bars({_label(exp): mean_alpha(best)}, panels / f"fig2_{exp}_alpha.png")
+    alpha = Cell(alpha_bars_size(1), _axes_panel(alpha_bars, {_label(exp): mean_alpha(best)}),
+                 caption)
     if trivariate:
-        plot = angle_ssim(_predicted_only(res.frame(exp)), panels / f"fig2_{exp}_spaces.png",
-                          group="critical_dim", title=title)
+        draw = partial(angle_ssim, df=predicted_only(res.frame(exp)), group="critical_dim",
+                       title=title)
     else:
-        plot = angle_ssim(best, panels / f"fig2_{exp}_angle_ssim.png", title=title)
-    return alpha, plot
+        draw = partial(angle_ssim, df=best, title=title)
+    return alpha, Cell(ANGLE_SSIM_SIZE, draw)
 
 
 FIG2 = (("a", "exp01", "GoogLeNet", False), ("b", "exp02", "DenseNet", True),
@@ -161,34 +214,42 @@ def fig2(res: Results, out: Path, log: Log) -> list[Path]:
     """Fig. 2 (a) GoogLeNet, (b) DenseNet, (c) DenseNetEx4: alpha bars over the bivariate
     (a) or trivariate (b, c) angle-vs-SSIM plots."""
     _require_any(res, [exp for _, exp, _, _ in FIG2])
-    panels, written, columns = out / "panels", [], []
+    written, columns = [], []
     for letter, exp, net, tri in FIG2:
         if not res.has(exp):
             log(f"skipped Fig. 2{letter}: {exp} not in {res.root}/")
             continue
-        alpha, plot = _fig2_column(res, exp, panels, tri)
-        caption = f"({letter}) {net} ({exp})"
-        written += compose([[(alpha, caption)], [(plot, "")]], out / f"fig2{letter}")
-        columns.append((alpha, plot, caption))
-    written += compose([[(a, c) for a, _, c in columns], [(p, "") for _, p, _ in columns]],
-                       out / "fig2", title="Fig. 2")
+        alpha, plot = _fig2_column(res, exp, f"({letter}) {net} ({exp})", tri)
+        written += write_figure(layout([[alpha], [plot]]), out / f"fig2{letter}")
+        columns.append((alpha, plot))
+    written += write_figure(layout([[a for a, _ in columns], [p for _, p in columns]],
+                                   title="Fig. 2"), out / "fig2")
     return written
 
 
 # ---------------------------------------------------------------------------- Fig. 3
 
-def _alpha_by(res: Results, exps: Sequence[tuple[str, str]], path: Path) -> Path | None:
-    """Vertical alpha bars, one per (experiment, label); None if none is present."""
-    bars = {label: mean_alpha(res.best(e)) for e, label in exps if res.has(e)}
-    return alpha_bars(bars, path, orientation="vertical") if bars else None
+def _vertical_bars(bars: dict[str, np.ndarray], caption: str) -> Cell:
+    """Vertical alpha bars, one per label; a "not run" panel if there are none."""
+    if not bars:
+        return not_run(caption)
+    return Cell(alpha_bars_size(len(bars), "vertical"),
+                _axes_panel(alpha_bars, bars, orientation="vertical"), caption)
 
 
-def _alpha_over_nf(res: Results, exp: str, path: Path) -> Path | None:
+def _alpha_by(res: Results, exps: Sequence[tuple[str, str]], caption: str) -> Cell:
+    """Vertical alpha bars, one per (experiment, label) present."""
+    return _vertical_bars({label: mean_alpha(res.best(e)) for e, label in exps if res.has(e)},
+                          caption)
+
+
+def _alpha_over_nf(res: Results, exp: str, caption: str) -> Cell:
+    """Vertical alpha bars of ``exp``, one per n_f."""
     if not res.has(exp):
-        return None
+        return not_run(caption)
     best = res.best(exp)
-    bars = {str(n): mean_alpha(g) for n, g in best.groupby("n_features", sort=True)}
-    return alpha_bars(bars, path, orientation="vertical")
+    return _vertical_bars({str(n): mean_alpha(g) for n, g in best.groupby("n_f", sort=True)},
+                          caption)
 
 
 def fig3(res: Results, out: Path, log: Log) -> list[Path]:
@@ -200,19 +261,17 @@ def fig3(res: Results, out: Path, log: Log) -> list[Path]:
     missing = [e for e in need if not res.has(e)]
     if missing:
         log(f"Fig. 3: {', '.join(missing)} not collected (left blank)")
-    panels = out / "panels"
     rows = []
     for k, (mm, mean, center), dnde, gn in ((0, ("exp08", "exp09", "exp10"), "exp06", "exp07"),
                                             (2, ("exp13", "exp14", "exp15"), "exp11", "exp12")):
-        agg = _alpha_by(res, [(mm, "max+mean"), (mean, "mean"), (center, "center")],
-                        panels / f"fig3_aggregation_k{k}.png")
         rows.append([
-            (agg, f"80 DNde filters, k = {k} ({mm}-{center[-2:]})"),
-            (_alpha_over_nf(res, dnde, panels / f"fig3_{dnde}.png"),
-             f"DNde over n_f, k = {k} ({dnde})"),
-            (_alpha_over_nf(res, gn, panels / f"fig3_{gn}.png"), f"GN4c over n_f, k = {k} ({gn})"),
+            _alpha_by(res, [(mm, "max+mean"), (mean, "mean"), (center, "center")],
+                      f"80 DNde filters, k = {k} ({mm}-{center[-2:]})"),
+            _alpha_over_nf(res, dnde, f"DNde over n_f, k = {k} ({dnde})"),
+            _alpha_over_nf(res, gn, f"GN4c over n_f, k = {k} ({gn})"),
         ])
-    return compose(rows, out / "fig3", title="Fig. 3: alpha_j (dark: high fragmentation)")
+    return write_figure(layout(rows, title="Fig. 3: alpha_j (dark: high fragmentation)"),
+                        out / "fig3")
 
 
 # ---------------------------------------------------------------------------- Fig. 4
@@ -223,8 +282,9 @@ def _titles(targets: np.ndarray, prefix: str) -> list[str]:
             for t, hv in zip(targets, h, strict=True)]
 
 
-def _param_grid(res: Results, exps: Sequence[str], path: Path, n: int = 6) -> Path | None:
-    """Realizations of the parametrizations ``exps`` as rows, the same targets per column."""
+def _param_grid(res: Results, exps: Sequence[str], n: int = 6) -> Cell | None:
+    """Realizations of the parametrizations ``exps`` as rows, the same targets per column;
+    None if none of them stored images."""
     found = [(e, res.images(e)) for e in exps if res.has(e)]
     found = [(e, im) for e, im in found if im is not None]
     if not found:
@@ -233,7 +293,8 @@ def _param_grid(res: Results, exps: Sequence[str], path: Path, n: int = 6) -> Pa
     imgs = np.concatenate([im["before"][:m].astype(np.float32) for _, im in found])
     titles = [t for e, im in found
               for t in _titles(im["targets"][:m], f"{EXPERIMENTS[e].param}:")]
-    return realizations_grid(imgs, path, titles=titles, ncols=m)
+    return Cell(realizations_size(imgs, ncols=m, titled=True),
+                partial(realizations_grid, images=imgs, titles=titles, ncols=m))
 
 
 def fig4(res: Results, out: Path, log: Log) -> list[Path]:
@@ -243,10 +304,9 @@ def fig4(res: Results, out: Path, log: Log) -> list[Path]:
             ("b", "DenseNet", ("exp16", "exp17", "exp18")))
     if not any(res.images(e) is not None for _, _, exps in nets for e in exps):
         raise Skipped(f"no images of exp16-exp21 in {res.root}/")
-    panels = out / "panels"
     cells = []
     for letter, net, exps in nets:
-        grid = _param_grid(res, exps, panels / f"fig4_{letter}.png")
+        grid = _param_grid(res, exps)
         if grid is None:
             log(f"skipped Fig. 4{letter}: no images of {', '.join(exps)} in {res.root}/")
             continue
@@ -254,11 +314,11 @@ def fig4(res: Results, out: Path, log: Log) -> list[Path]:
         note = f"; {', '.join(missing)} missing" if missing else ""
         shares = ", ".join(f"{EXPERIMENTS[e].param} {_hf(res, e)}" for e in exps
                            if e not in missing)
-        cells.append((grid, f"({letter}) {net} ({exps[0]}-{exps[-1][-2:]}{note})\n"
-                            f"high-frequency share: {shares}"))
-    return compose([cells], out / "fig4", title="Fig. 4: realizations per parametrization "
-                   "(rows: RGB, FFT, FFT-E; high-frequency share: energy above 0.25 "
-                   "cycles/px, median)")
+        cells.append(replace(grid, caption=f"({letter}) {net} ({exps[0]}-{exps[-1][-2:]}"
+                                           f"{note})\nhigh-frequency share: {shares}"))
+    return write_figure(layout([cells], title="Fig. 4: realizations per parametrization "
+                               "(rows: RGB, FFT, FFT-E; high-frequency share: energy above "
+                               "0.25 cycles/px, median)"), out / "fig4")
 
 
 def _hf(res: Results, exp: str) -> str:
@@ -284,12 +344,12 @@ def sphere_hoyer(dims: Sequence[int] = (2, 10, 100), n: int = 10_000, seed: int 
 
 def fig_s1(res: Results, out: Path, log: Log) -> list[Path]:
     """Fig. S1: sparse vectors become rare on the sphere as the dimension grows."""
-    values = sphere_hoyer()
-    png = hoyer_histograms({f"{d} dimensions": v for d, v in values.items()},
-                           out / "panels" / "figS1.png",
-                           title="Hoyer sparseness of 10,000 uniform samples on the unit sphere "
-                                 "(sign invariant: the same on its nonnegative part)")
-    return compose([[(png, "")]], out / "figS1")
+    values = {f"{d} dimensions": v for d, v in sphere_hoyer().items()}
+    panel = Cell(hoyer_histograms_size(len(values)), partial(
+        hoyer_histograms, values=values,
+        title="Hoyer sparseness of 10,000 uniform samples on the unit sphere "
+              "(sign invariant: the same on its nonnegative part)"))
+    return write_figure(layout([[panel]]), out / "figS1")
 
 
 # ---------------------------------------------------------------------------- Fig. S2
@@ -301,33 +361,26 @@ def fig_s2(res: Results, out: Path, log: Log) -> list[Path]:
     im = res.images("exp01")
     if im is None:
         raise Skipped(f"no images of exp01 in {res.root}/")
-    after = {label: im[key] for key, label in (
+    after = {label: im[key].astype(np.float32) for key, label in (
         ("after_target", "(b) target"), ("after_pred", "(c) predicted"),
         ("after_response", "(d) feature response"), ("after_random", "(e) random"))
         if key in im}
-    png = difference_maps(im["before"].astype(np.float32),
-                          {k: v.astype(np.float32) for k, v in after.items()},
-                          out / "panels" / "figS2.png", before_label="(a) realization")
-    return compose([[(png, "")]], out / "figS2",
-                   title=f"Fig. S2 (exp01){_stand_in_note(res.best('exp01'))}")
+    before = im["before"].astype(np.float32)
+    panel = Cell(difference_maps_size(before, len(after)),
+                 partial(difference_maps, before=before, after=after,
+                         before_label="(a) realization"))
+    title = f"Fig. S2 (exp01){_stand_in_note(res.best('exp01'))}"
+    return write_figure(layout([[panel]], title=title), out / "figS2")
 
 
 # ---------------------------------------------------------------------------- Supp. S4
 
 def _varying(df: pd.DataFrame) -> list[str]:
-    return [c for c in ("param", "n_features", "k", "aggregation", "seed") if df[c].nunique() > 1]
+    return [c for c in ("param", "n_f", "k", "aggregation", "seed") if df[c].nunique() > 1]
 
 
-def s4_experiment(res: Results, exp: str, out: Path) -> list[Path]:
-    """Supp. S4 for one experiment: alpha bars, SSIM kde, the bivariate plot (best space;
-    per n_f for sweeps), and the trivariate plot over critical spaces where there are
-    several."""
-    best, full = res.best(exp), res.frame(exp)
-    panels = out / "panels" / "s4"
-    meta = EXPERIMENTS.get(exp)
-    what = (f"{meta.network}, {meta.features}, {meta.aggregation}, k = {meta.k}, {meta.param}"
-            if meta else f"{best['model'].iloc[0]}.{best['layer'].iloc[0]}")
-    title = f"{exp}: {what}{_stand_in_note(best)}"
+def _s4_bars(best: pd.DataFrame, exp: str) -> Cell:
+    """The alpha bars of Supp. S4: one per combination of the varying settings."""
     vary = _varying(best)
     if vary:
         bars = {" ".join(f"{c}={v}" for c, v in zip(vary, key if isinstance(key, tuple)
@@ -335,25 +388,38 @@ def s4_experiment(res: Results, exp: str, out: Path) -> list[Path]:
                 for key, g in best.groupby(vary if len(vary) > 1 else vary[0], sort=True)}
     else:
         bars = {exp: mean_alpha(best)}
-    alpha = alpha_bars(bars, panels / f"{exp}_alpha.png")
-    kde = ssim_kde(best, panels / f"{exp}_ssim_kde.png")
-    if "n_features" in vary:
-        biv = angle_ssim(_predicted_only(best), panels / f"{exp}_angle_ssim.png",
-                         group="n_features")
-        caption = "predicted objectives per n_f"
-    else:
-        biv = angle_ssim(best, panels / f"{exp}_angle_ssim.png")
-        dims = sorted(int(d) for d in best["critical_dim"].unique())
-        full_dim = [int(best["n_features"].max())]
-        caption = (f"full space C = R^{full_dim[0]}" if dims == full_dim else
-                   f"best critical space (dim {', '.join(map(str, dims))})")
-    second = [(kde, "SSIM under the target objective"), (biv, caption)]
+    return Cell(alpha_bars_size(len(bars)), _axes_panel(alpha_bars, bars), "alpha_j")
+
+
+def _s4_bivariate(best: pd.DataFrame) -> Cell:
+    """The bivariate plot of the best space; the predicted objectives per n_f for sweeps."""
+    if "n_f" in _varying(best):
+        return Cell(ANGLE_SSIM_SIZE, partial(angle_ssim, df=predicted_only(best), group="n_f"),
+                    "predicted objectives per n_f")
+    dims = sorted(int(d) for d in best["critical_dim"].unique())
+    full_dim = [int(best["n_f"].max())]
+    caption = (f"full space C = R^{full_dim[0]}" if dims == full_dim else
+               f"best critical space (dim {', '.join(map(str, dims))})")
+    return Cell(ANGLE_SSIM_SIZE, partial(angle_ssim, df=best), caption)
+
+
+def s4_experiment(res: Results, exp: str, out: Path) -> list[Path]:
+    """Supp. S4 for one experiment: alpha bars, SSIM kde, the bivariate plot (best space;
+    per n_f for sweeps), and the trivariate plot over critical spaces where there are
+    several."""
+    best, full = res.best(exp), res.frame(exp)
+    meta = EXPERIMENTS.get(exp)
+    what = (f"{meta.network}, {meta.features}, {meta.aggregation}, k = {meta.k}, {meta.param}"
+            if meta else f"{best['model'].iloc[0]}.{best['layer'].iloc[0]}")
+    title = f"{exp}: {what}{_stand_in_note(best)}"
+    second = [Cell(SSIM_KDE_SIZE, _axes_panel(ssim_kde, best), "SSIM under the target objective"),
+              _s4_bivariate(best)]
     runs = full.groupby("run") if "run" in full.columns else [("", full)]
     if any(g["critical_dim"].nunique() > 1 for _, g in runs):
-        tri = angle_ssim(_predicted_only(full), panels / f"{exp}_spaces.png",
-                         group="critical_dim")
-        second.append((tri, "predicted objectives per critical space"))
-    return compose([[(alpha, "alpha_j")], second], out / "s4" / exp, title=title)
+        second.append(Cell(ANGLE_SSIM_SIZE, partial(angle_ssim, df=predicted_only(full),
+                                                    group="critical_dim"),
+                           "predicted objectives per critical space"))
+    return write_figure(layout([[_s4_bars(best, exp)], second], title=title), out / "s4" / exp)
 
 
 def s4(res: Results, out: Path, log: Log) -> list[Path]:

@@ -123,8 +123,8 @@ def timing_rows(res: Results, paper: PaperTiming) -> tuple[pd.DataFrame, str]:
         exp = _present(res, paper.experiments)[0]
         df = res.best(exp)
         if exp != "exp16":
-            n_f = int(df["n_features"].max())
-            return df[df["n_features"] == n_f], f"{exp} (n_f={n_f})"
+            n_f = int(df["n_f"].max())
+            return df[df["n_f"] == n_f], f"{exp} (n_f={n_f})"
         return df, exp
     found = _present(res, paper.experiments)
     return pd.concat([res.best(e) for e in found], ignore_index=True), ", ".join(found)
@@ -161,7 +161,7 @@ def table1(res: Results) -> pd.DataFrame:
             df, source = None, ""
         if df is not None and len(df):
             row.update(experiments=source, stand_in=bool(df["stand_in"].any()),
-                       n_f=",".join(str(v) for v in sorted(df["n_features"].unique())))
+                       n_f=",".join(str(v) for v in sorted(df["n_f"].unique())))
             if "n_p" in df.columns and df["n_p"].notna().any():  # e.g. SRNet's two masks
                 row["n_p"] = ",".join(str(int(v)) for v in sorted(df["n_p"].dropna().unique()))
         for col, paper_t in zip(TIMES, p.times, strict=True):
@@ -219,14 +219,14 @@ def _median(res: Results, exp: str, col: str) -> Measured:
 def _full(res: Results, exp: str) -> pd.DataFrame:
     """Rows of C = R^{n_f} (Sec. 3.4: no critical space)."""
     df = res.frame(exp)
-    return df[df["critical_dim"] == df["n_features"]]
+    return df[df["critical_dim"] == df["n_f"]]
 
 
 def mean_alpha(df: pd.DataFrame) -> np.ndarray:
     """alpha_j averaged over samples (Sec. 3.5); all rows must share n_f."""
     alphas = [np.asarray(a, dtype=np.float64) for a in df["alpha"]]
     if len({a.size for a in alphas}) > 1:
-        raise NotApplicable("alpha of different n_f mixed; group by n_features first")
+        raise NotApplicable("alpha of different n_f mixed; group by n_f first")
     return np.stack(alphas).mean(0)
 
 
@@ -242,7 +242,7 @@ def _newest_critical(res: Results, exp: str) -> pd.DataFrame:
 
 def _found_dims(res: Results, exp: str) -> Measured:
     crit = _newest_critical(res, exp)
-    n_f = int(res.frame(exp)["n_features"].iloc[0])
+    n_f = int(res.frame(exp)["n_f"].iloc[0])
     dims = tuple(sorted(int(d) for d in crit["critical_dim"] if int(d) < n_f))
     return Measured(dims, ", ".join(map(str, dims)) if dims else "none found")
 
@@ -277,12 +277,9 @@ def _ones_e4(n: int) -> np.ndarray:
 
 
 def _layer_size(df: pd.DataFrame) -> int:
-    """Channels of the tapped layer (stand-ins are smaller than the paper's networks)."""
-    from ifv.models.registry import MODELS
-
-    spec = MODELS.get(str(df["model"].iloc[0]))
-    n = spec.layers.get(str(df["layer"].iloc[0])) if spec is not None else None
-    return int(n) if n else int(df["n_features"].max())
+    """Channels of the tapped layer, as the run recorded them (stand-ins are smaller than
+    the paper's networks)."""
+    return int(df["n_channels"].iloc[0])
 
 
 def _scaled(df: pd.DataFrame, paper_nf: int, paper_total: int) -> tuple[float, str]:
@@ -296,10 +293,10 @@ def _scaled(df: pd.DataFrame, paper_nf: int, paper_total: int) -> tuple[float, s
 def _dnde_k0_small(res: Results) -> tuple[pd.DataFrame, str]:
     df = res.best("exp06")
     limit, note = _scaled(df, 160, 342)
-    ok = sorted(n for n in df["n_features"].unique() if n <= limit + 1e-9)
+    ok = sorted(n for n in df["n_f"].unique() if n <= limit + 1e-9)
     if not ok:
         raise NotApplicable(f"no n_f <= {limit:.0f} in the sweep")
-    return df[df["n_features"] == ok[-1]], f"n_f={ok[-1]} ({note})"
+    return df[df["n_f"] == ok[-1]], f"n_f={ok[-1]} ({note})"
 
 
 def _pred_vs_response(res: Results) -> Measured:
@@ -317,10 +314,10 @@ def _min_ssim_small(res: Results) -> Measured:
 def _beyond(res: Results, exp: str, paper_nf: int, paper_total: int) -> tuple[pd.DataFrame, str]:
     df = res.best(exp)
     limit, note = _scaled(df, paper_nf, paper_total)
-    big = df[df["n_features"] > limit + 1e-9]
+    big = df[df["n_f"] > limit + 1e-9]
     if big.empty:
         raise NotApplicable(f"no n_f > {limit:.0f} in the sweep")
-    nfs = ",".join(str(v) for v in sorted(big["n_features"].unique()))
+    nfs = ",".join(str(v) for v in sorted(big["n_f"].unique()))
     return big, f"n_f={nfs} (> {note})"
 
 
@@ -340,7 +337,7 @@ def _onset(res: Results, exp: str, paper_total: int, threshold: float = ACCURATE
     predicted angle above ``threshold``], in the paper's n_f units (scaled where the stand-in
     layer is smaller), so that coarse sweeps (the quick profile) still bracket it."""
     df = res.best(exp)
-    med = df.groupby("n_features")["angle_pred"].median().sort_index()
+    med = df.groupby("n_f")["angle_pred"].median().sort_index()
     scale = paper_total / _layer_size(df)
     above = med[med > threshold]
     if above.empty:
@@ -354,7 +351,7 @@ def _onset(res: Results, exp: str, paper_total: int, threshold: float = ACCURATE
 
 
 def _max_median_over_nf(res: Results, exp: str) -> Measured:
-    med = res.best(exp).groupby("n_features")["angle_pred"].median()
+    med = res.best(exp).groupby("n_f")["angle_pred"].median()
     return Measured(float(med.max()), f"max {_deg(float(med.max()))} "
                     f"(n_f={int(med.idxmax())}; {len(med)} values of n_f)")
 

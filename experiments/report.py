@@ -95,7 +95,7 @@ def provenance(res: Results) -> str:
                  "yes" if "stand_in" in df and df["stand_in"].any() else "no", str(runs),
                  str(int(per_run.median())) if runs > 1 else str(int(per_run.max())),
                  str(PAPER_SAMPLES.get(exp, "-")),
-                 ",".join(str(v) for v in sorted(df["n_features"].unique())),
+                 ",".join(str(v) for v in sorted(df["n_f"].unique())),
                  ",".join(f"{v:g}" for v in sorted(df["k"].unique())),
                  ",".join(sorted(df["param"].astype(str).unique()))]
         lines.append("| " + " | ".join(cells) + " |")

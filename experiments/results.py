@@ -5,7 +5,7 @@ Layout, per experiment id of Supp. S4 (``exp01`` ... ``exp25``):
 - ``<exp>.parquet``: the rows of all its runs (one per sample and critical space, the columns
   of ``results.parquet``) plus ``run``, the run directory they came from;
 - ``<exp>.critical.parquet``: the critical spaces of those runs (``critical.parquet`` plus
-  ``run``, ``model``, ``n_features``, ``k``, ``param``);
+  ``run``, ``model``, ``n_f``, ``k``, ``param``);
 - ``<exp>.npz``: the images (``images.npz``) of the experiment's main configuration (the one
   with the most features, the newest run among equals);
 - ``<exp>/<param>-n<n_f>-k<k>.npz``: the images of every configuration, only where an
@@ -27,9 +27,9 @@ class NotRun(LookupError):
     """An experiment the computation needs is absent from ``results/``."""
 
 
-def image_key(param: str, n_features: int, k: float) -> str:
+def image_key(param: str, n_f: int, k: float) -> str:
     """File stem of a configuration's images, e.g. ``rgb-n64-k2``."""
-    return f"{param}-n{int(n_features)}-k{float(k):g}"
+    return f"{param}-n{int(n_f)}-k{float(k):g}"
 
 
 class Results:

@@ -1,6 +1,7 @@
 """Synthetic run directories with planted values, the fixtures of tests/test_collect.py and
-tests/test_figures.py: ``results.parquet`` with the columns the pipeline writes (design.md),
-``critical.parquet`` and ``images.npz``, small enough to build in milliseconds.
+tests/test_figures.py: ``results.parquet`` and ``critical.parquet`` built by ``ifv.results``
+(the pipeline's builders, so the columns are the pipeline's) and ``images.npz``, small enough
+to build in milliseconds.
 
 Planted statistics are exact: the angles and SSIM indices of a space are ``center +
 linspace(-spread, spread, n)`` (median = center), ``alpha`` has alpha_1 = ``alpha1`` for every
@@ -16,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ifv.results import critical_frame as _critical_frame
+from ifv.results import results_frame
+
 PathLike = str | os.PathLike[str]
 
 
@@ -23,57 +27,55 @@ def _spread(center: float, n: int, spread: float) -> np.ndarray:
     return center + np.linspace(-spread, spread, n)
 
 
-def run_frame(experiment: str, *, n: int = 20, n_features: int = 10, k: float = 2.0,
-              model: str = "densenet_patterns", tier: str = "offline", layer: str = "dense3",
-              aggregation: str = "maxpool_mean", param: str = "rgb", seed: int = 0,
-              n_p: int = 3072, spaces: Mapping[int, float] | None = None,
+def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | None = None,
+              k: float = 2.0, model: str = "densenet_patterns", tier: str = "offline",
+              layer: str = "dense3", aggregation: str = "maxpool_mean", param: str = "rgb",
+              seed: int = 0, n_p: int = 3072, spaces: Mapping[int, float] | None = None,
               angle_response: float = 45.0, angle_random: float = 80.0,
               ssim_target: float = 0.9, ssim_pred: float = 0.85, ssim_response: float = 0.5,
               ssim_random: float = 0.45, alpha1: float = 0.9,
               times: Sequence[float] = (2.0, 0.1, 0.01, 0.7), spread: float = 2.0,
               ) -> pd.DataFrame:
     """The results.parquet of one run. ``spaces`` maps critical_dim -> median angle_pred
-    (default: the full space at 10 degrees); the lowest median is the best space."""
-    spaces = dict(spaces) if spaces is not None else {n_features: 10.0}
-    best = min(spaces, key=lambda d: spaces[d])
-    rest = (1.0 - alpha1) / max(n_features - 1, 1)
-    alpha = np.full(n_features, rest)
+    (default: the full space at 10 degrees); the lowest median is the best space.
+    ``n_channels``: the layer's channels (default n_f)."""
+    spaces = dict(spaces) if spaces is not None else {n_f: 10.0}
+    rest = (1.0 - alpha1) / max(n_f - 1, 1)
+    alpha = np.full(n_f, rest)
     alpha[0] = alpha1
-    eye = np.eye(n_features)
+    eye = np.eye(n_f)
     sample = np.arange(n)
     s_target = _spread(ssim_target, n, 0.05)
-    common = {
-        "experiment": experiment, "model": model, "tier": tier, "stand_in": tier == "offline",
-        "layer": layer, "n_features": n_features, "aggregation": aggregation, "k": float(k),
-        "param": param, "seed": seed, "n_p": n_p, "sample": sample,
-        "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
+    run = {"experiment": experiment, "model": model, "tier": tier,
+           "stand_in": tier == "offline", "layer": layer,
+           "n_channels": n_f if n_channels is None else n_channels, "n_f": n_f,
+           "aggregation": aggregation, "k": float(k), "param": param, "seed": seed,
+           "n_p": n_p}
+    samples = {
+        "sample": sample, "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
+        "angle_response": _spread(angle_response, n, 10.0),
+        "angle_random": _spread(angle_random, n, 5.0).clip(0.0, 90.0),
+        "alpha": [alpha.copy() for _ in sample],
+        "ssim_target": s_target,
+        "ssim_response": _spread(ssim_response, n, 0.1),
+        "ssim_random": _spread(ssim_random, n, 0.1),
+        "stable": s_target >= 0.7,
+        "rel_residual": np.full(n, 1e-3), "grad_norm": np.full(n, 1e-4),
+        "lbfgs_iters": np.full(n, 300),
+        "t_fv": times[0], "t_jacobian": times[1], "t_predict": times[2], "t_reopt": times[3],
+        "target": [eye[i % n_f] for i in sample],
+        "response": [np.ones(n_f) for _ in sample],
     }
-    frames = []
-    for dim, center in spaces.items():
-        frames.append(pd.DataFrame({
-            **common,
-            "critical_dim": dim,
-            "rho_min": np.nan if dim == n_features else 0.01,
-            "rho_max": np.nan if dim == n_features else 0.1,
-            "angle_pred": _spread(center, n, spread).clip(0.0, 90.0),
-            "crit_fraction": np.linspace(0.5, 1.0, n) if dim < n_features else 1.0,
-            "ssim_pred": _spread(ssim_pred, n, 0.05),
-            "angle_response": _spread(angle_response, n, 10.0),
-            "angle_random": _spread(angle_random, n, 5.0).clip(0.0, 90.0),
-            "alpha": [alpha.copy() for _ in sample],
-            "ssim_target": s_target,
-            "ssim_response": _spread(ssim_response, n, 0.1),
-            "ssim_random": _spread(ssim_random, n, 0.1),
-            "stable": s_target >= 0.7,
-            "rel_residual": 1e-3, "grad_norm": 1e-4, "lbfgs_iters": 300,
-            "t_fv": times[0], "t_jacobian": times[1], "t_predict": times[2],
-            "t_reopt": times[3],
-            "target": [eye[i % n_features] for i in sample],
-            "response": [np.ones(n_features) for _ in sample],
-            "prediction": [eye[i % n_features] for i in sample],
-            "best_space": dim == best,
-        }))
-    return pd.concat(frames, ignore_index=True)
+    per_space = [{
+        "critical_dim": dim,
+        "rho_min": np.nan if dim == n_f else 0.01,
+        "rho_max": np.nan if dim == n_f else 0.1,
+        "angle_pred": _spread(center, n, spread).clip(0.0, 90.0),
+        "crit_fraction": np.linspace(0.5, 1.0, n) if dim < n_f else np.ones(n),
+        "ssim_pred": _spread(ssim_pred, n, 0.05),
+        "prediction": [eye[i % n_f] for i in sample],
+    } for dim, center in spaces.items()]
+    return results_frame(run, samples, per_space)
 
 
 def critical_frame(df: pd.DataFrame,
@@ -82,19 +84,11 @@ def critical_frame(df: pd.DataFrame,
     """The critical.parquet matching ``run_frame``'s spaces; ``complements`` gives the unit
     vectors spanning C's complement per dim (default: none for the full space, else the last
     canonical vectors)."""
-    n_f = int(df["n_features"].iloc[0])
-    rows = []
-    for dim, sub in df.groupby("critical_dim", sort=False):
-        comp = (complements or {}).get(int(dim))
-        if comp is None:
-            comp = [np.eye(n_f)[j] for j in range(int(dim), n_f)]
-        rows.append({"experiment": df["experiment"].iloc[0], "critical_dim": int(dim),
-                     "rho_min": float(sub["rho_min"].iloc[0]),
-                     "rho_max": float(sub["rho_max"].iloc[0]),
-                     "complement": [np.asarray(v, dtype=np.float64) for v in comp],
-                     "median_angle_pred": float(sub["angle_pred"].median()),
-                     "best": bool(sub["best_space"].iloc[0])})
-    return pd.DataFrame(rows)
+    n_f = int(df["n_f"].iloc[0])
+    given = dict(complements or {})
+    comps = {int(d): given.get(int(d), [np.eye(n_f)[j] for j in range(int(d), n_f)])
+             for d in df["critical_dim"].unique()}
+    return _critical_frame(df, comps)
 
 
 def images(n_f: int, *, n: int = 4, channels: int = 3, size: int = 8,

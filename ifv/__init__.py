@@ -3,12 +3,13 @@
 ``visualize`` runs FV (activation maximization, Opt. (1)) for target objectives and returns
 the realizations as images; ``invert`` recovers the objectives from images (realizations of
 any FV tool) by the closed-form solution of Opt. (3). Both take a zoo model's name (or any
-``nn.Module``), a layer and a feature selection (``ifv.api``). The low-level forms, on a
-response N~ = Agg o N o P and parameters v, are ``ifv.fv.visualize`` and
-``ifv.inverse.invert`` / ``ifv.inverse.solve``.
+``nn.Module``), a layer and a feature selection, validated by ``Setting`` (``ifv.api``).
+The low-level forms, on a response N~ = Agg o N o P and parameters v, are
+``ifv.fv.realize``, ``ifv.jacobian.response_and_gram`` and ``ifv.inverse.solve``.
 """
 
 from ifv.api import Inversion, invert, visualize
 from ifv.fv import FVSettings
+from ifv.setting import Setting
 
-__all__ = ["FVSettings", "Inversion", "invert", "visualize"]
+__all__ = ["FVSettings", "Inversion", "Setting", "invert", "visualize"]

@@ -1,45 +1,36 @@
-"""The user-facing pair, without Hydra: ``visualize`` (FV, Opt. (1)) and ``invert`` (Grad-IFV,
+"""The Python faces, without Hydra: ``visualize`` (FV, Opt. (1)) and ``invert`` (Grad-IFV,
 Opt. (3)), by model name (or any ``nn.Module``), layer and feature selection.
 
-Defaults are the setting of ``make demo`` (Sec. 3.2): densenet_patterns, dense3, the first 64
-features, max pooling + mean, k = 2, P_rgb. The low-level functions stay in their modules:
-``ifv.fv.visualize`` (parameters and convergence record), ``ifv.inverse.invert`` / ``solve``
-(any response N~ and Gram matrices).
+Both build on ``ifv.setting.Setting``, as ``ifv run`` and ``ifv invert`` do: the same
+checks, the same messages, and an offline stand-in missing from the model cache is trained
+once. Defaults are the setting of ``make demo`` (Sec. 3.2): densenet_patterns, dense3, the
+first 64 features, max pooling + mean, k = 2, P_rgb. The low-level forms stay in their
+modules: ``ifv.fv.realize``, ``ifv.jacobian.response_and_gram``, ``ifv.inverse.solve``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ifv import fv
-from ifv import inverse as grad_ifv
 from ifv.critical import complement
 from ifv.errors import UserError
 from ifv.fv import FVSettings
 from ifv.images import IMAGE_PARAMS, Source, load_images, load_params, to_params
-from ifv.inverse import full_space, reduced_gram, reduced_spectrum
-from ifv.jacobian import METHODS
+from ifv.inverse import full_space, reduced_gram, reduced_spectrum, solve
+from ifv.jacobian import METHODS, response_and_gram
 from ifv.metrics import relative_residual
-from ifv.models import check_layer, get_spec, load
-from ifv.models.registry import ModelSpec
-from ifv.objective import AGGREGATIONS, Response, tap
-from ifv.param import PARAMS, Parametrization, make_param
+from ifv.setting import Features, Model, Param, Setting, choice
 
 INPUTS = ("image", "params")
-
-Model = str | nn.Module
-Features = int | str | Sequence[int]
-Param = str | Mapping[str, Any]
-
-
 @dataclass
 class Inversion:
     """Grad-IFV's answer for a batch of realizations (Opt. (3), Sec. 2.1).
@@ -87,108 +78,6 @@ def _num(t: Tensor) -> float | None:
     """A float for JSON; None for NaN."""
     x = float(t)
     return None if math.isnan(x) else x
-
-
-@dataclass
-class _Setting:
-    """The validated, model-independent part of a call."""
-
-    spec: ModelSpec | None
-    model_name: str
-    param_name: str
-    param_kwargs: dict[str, Any]
-    k: float
-    size: tuple[int, int] | None
-
-
-def _check(model: Model, layer: str, aggregation: str, k: float, param: Param,
-           size: Sequence[int] | None) -> _Setting:
-    """Validate everything that needs no network; raise ``UserError`` with what is valid."""
-    if aggregation not in AGGREGATIONS:
-        raise UserError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
-    if isinstance(k, bool) or not isinstance(k, int | float) or not 0 <= k < math.inf:
-        raise UserError(f"k must be a finite number >= 0, got {k!r}")
-    if isinstance(param, Mapping):
-        kwargs = dict(param)
-        name = str(kwargs.pop("name", None))
-    else:
-        name, kwargs = str(param), {}
-    if name not in PARAMS:
-        raise UserError(f"unknown parametrization {name!r}; valid: {', '.join(PARAMS)}")
-    if size is not None:
-        size = (int(size[0]), int(size[1]))
-    if isinstance(model, nn.Module):
-        if model.training:
-            raise UserError("the model is in training mode; call model.eval() first (samples "
-                            "must not interact through batch statistics)")
-        return _Setting(None, type(model).__name__, name, kwargs, float(k), size)
-    spec = get_spec(str(model))
-    if layer not in spec.layers:
-        check_layer(spec, layer, 1)
-    if size is not None and size != spec.input_size:
-        raise UserError(f"{spec.name} takes {spec.input_size[0]}x{spec.input_size[1]} inputs, "
-                        f"got size={size}")
-    return _Setting(spec, spec.name, name, kwargs, float(k), spec.input_size)
-
-
-def _make_param(s: _Setting, size: tuple[int, int]) -> Parametrization:
-    try:
-        return make_param(s.param_name, *size, **s.param_kwargs)
-    except TypeError as exc:
-        raise UserError(f"invalid options for param {s.param_name}: {exc}") from None
-
-
-def _select(spec: ModelSpec | None, name: str, layer: str, features: Features,
-            channels: int) -> list[int]:
-    """Feature indices: the first N channels, ``"all"``, or explicit indices (check_layer)."""
-    if spec is None:
-        spec = ModelSpec(name=name, tier="user", arch="user", arch_kwargs={},
-                         input_size=(0, 0), layers={layer: channels})
-    bad = UserError(f"features must be a number, a list of indices or 'all', got {features!r}")
-    if isinstance(features, str):
-        if features != "all":
-            raise bad
-        return check_layer(spec, layer, spec.layers[layer])
-    if isinstance(features, bool):
-        raise bad
-    if isinstance(features, int):
-        return check_layer(spec, layer, features)
-    try:
-        selection = [int(i) for i in features]
-    except (TypeError, ValueError):
-        raise bad from None
-    return check_layer(spec, layer, selection)
-
-
-def _network(model: Model, s: _Setting, weights: str | None, cache_dir: str | Path | None,
-             download: bool) -> nn.Module:
-    if isinstance(model, nn.Module):
-        return model
-    assert s.spec is not None
-    return load(s.spec, weights=weights, cache_dir=cache_dir, download=download)
-
-
-def _probe(net: nn.Module, layer: str, param: Parametrization, like: Tensor) -> int:
-    """The channels of ``layer`` from one forward pass of a grey input."""
-    if layer not in dict(net.named_modules()):
-        names = [n for n, _ in net.named_modules() if n]
-        raise UserError(f"the model has no layer {layer!r}; valid: {', '.join(names[:30])}"
-                        + (" ..." if len(names) > 30 else ""))
-    v0 = torch.zeros((1, *param.shape), dtype=like.dtype, device=like.device)
-    try:
-        with torch.no_grad():
-            a = tap(net, layer, param(v0))
-    except RuntimeError as exc:
-        why = (str(exc).strip().splitlines() or [""])[0]
-        raise UserError(f"the model cannot take P_{param.name}'s inputs of shape "
-                        f"{tuple(param(v0).shape[1:])}: {why}") from None
-    return int(a.shape[1]) if a.dim() >= 2 else 1
-
-
-def _like(net: nn.Module) -> Tensor:
-    """An empty tensor with the network's dtype and device."""
-    p = next(iter(net.parameters()), None)
-    return torch.empty(0) if p is None else p.new_empty(0)
 
 
 def read_critical(path: str | Path, n_f: int, critical_dim: int | None = None, *,
@@ -255,7 +144,7 @@ def _check_run(results: Path, model: str | None, layer: str | None) -> None:
 
 
 def _basis(critical: str | Path | Tensor | None, critical_dim: int | None, n_f: int,
-           s: _Setting, layer: str) -> Tensor:
+           s: Setting) -> Tensor:
     if critical is None:
         if critical_dim is not None:
             raise UserError("critical_dim needs critical=PATH (a run's critical.parquet)")
@@ -266,7 +155,7 @@ def _basis(critical: str | Path | Tensor | None, critical_dim: int | None, n_f: 
                             f"{tuple(critical.shape)}")
         return critical.double()
     return read_critical(critical, n_f, critical_dim,
-                         model=s.model_name if s.spec is not None else None, layer=layer)
+                         model=s.model_name if s.spec is not None else None, layer=s.layer)
 
 
 def _next_residual(y: Tensor, gram: Tensor, k: float, basis: Tensor) -> Tensor:
@@ -284,7 +173,7 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
            critical_dim: int | None = None, input: str = "image",
            size: Sequence[int] | None = None, weights: str | None = None,
            cache_dir: str | Path | None = None, download: bool = False,
-           method: str = "loop") -> Inversion:
+           method: str = "loop", progress: bool = True) -> Inversion:
     """Grad-IFV for the user's realizations: the predicted objectives x* of Opt. (3).
 
     ``images``: paths (.pt, .npy, .png) or tensors/arrays in [0, 1], each one image (C, H, W)
@@ -297,41 +186,46 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
     ``layer``, explicit indices, or ``"all"``. ``critical``: a run's critical.parquet (its best
     space, or ``critical_dim``) or a basis C_M (n_f, d); default C = R^{n_f}.
     """
-    s = _check(model, layer, aggregation, k, param, size)
-    if input not in INPUTS:
-        raise UserError(f"unknown input {input!r}; valid: {', '.join(INPUTS)}")
-    if method not in METHODS:
-        raise UserError(f"unknown jacobian method {method!r}; valid: {', '.join(METHODS)}")
-    idx = None if s.spec is None else _select(s.spec, s.model_name, layer, features, 0)
+    s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
+                     cache_dir=cache_dir, download=download, size=size)
+    return invert_setting(images, s, critical, critical_dim=critical_dim, input=input,
+                          method=method, progress=progress)
+
+
+def invert_setting(images: Source | Sequence[Source], s: Setting,
+                   critical: str | Path | Tensor | None = None, *,
+                   critical_dim: int | None = None, input: str = "image",
+                   method: str = "loop", progress: bool = True) -> Inversion:
+    """``invert`` for a validated ``Setting`` (``ifv invert`` builds one from its config)."""
+    choice("input", input, INPUTS)
+    choice("jacobian.method", method, METHODS)
     if input == "image":
-        if s.param_name not in IMAGE_PARAMS:
-            raise UserError(f"images cannot be mapped to the variables of P_{s.param_name}; "
+        if s.param["name"] not in IMAGE_PARAMS:
+            raise UserError(f"images cannot be mapped to the variables of P_{s.param['name']}; "
                             f"valid for images: {', '.join(IMAGE_PARAMS)}; pass the "
                             "parameters v themselves with input=params")
         imgs, sources = load_images(images, 3, s.size)
-        p = _make_param(s, (imgs.shape[-2], imgs.shape[-1]))
+        size = (imgs.shape[-2], imgs.shape[-1])
+        p = s.parametrization(size)
         v = to_params(imgs, p)
     else:
         if s.size is None:
             raise UserError("input=params with an nn.Module needs size=(H, W) of its input")
-        p = _make_param(s, s.size)
-        v, sources = load_params(images, p.shape)
-    net = _network(model, s, weights, cache_dir, download)
-    like = _like(net)
-    channels = _probe(net, layer, p, like)
-    if idx is None:
-        idx = _select(None, s.model_name, layer, features, channels)
-    basis = _basis(critical, critical_dim, len(idx), s, layer)
-    response = Response(net, p, layer, idx, aggregation)
-    x_pred, y, gram = grad_ifv.invert(response, v.to(like), s.k, basis, method=method)
-    settings = {"model": s.model_name, "weights": weights, "layer": layer, "n_f": len(idx),
-                "aggregation": aggregation, "k": s.k,
-                "param": {"name": s.param_name, **s.param_kwargs}, "input": input,
+        size = s.size
+        v, sources = load_params(images, s.parametrization().shape)
+    bound = s.bind(size, progress=progress)
+    basis = _basis(critical, critical_dim, bound.n_f, s)
+    y, gram = response_and_gram(bound.response, v.to(bound.like()), method=method,
+                                progress=progress)
+    x_pred, _ = solve(y, gram, s.k, basis)
+    settings = {"model": s.model_name, "weights": s.weights, "layer": s.layer,
+                "n_f": bound.n_f, "aggregation": s.aggregation, "k": s.k, "param": s.param,
+                "input": input,
                 "critical": str(critical) if isinstance(critical, str | Path) else None,
                 "critical_dim": basis.shape[1]}
     return Inversion(x_pred=x_pred, y=y, gram=gram,
                      residual=relative_residual(x_pred, y, gram, s.k),
-                     next_residual=_next_residual(y, gram, s.k, basis), features=idx,
+                     next_residual=_next_residual(y, gram, s.k, basis), features=bound.features,
                      sources=sources, settings=settings)
 
 
@@ -348,28 +242,27 @@ def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
     in ``invert`` (an ``nn.Module`` needs ``size=(H, W)``); ``settings``: step counts
     (default ``FVSettings()``, Sec. 3.2). Returns P's renders (N, C, H, W)
     in [0, 1], for P_rgb / P_fft / P_ffte the network's input images, which ``invert``
-    reads back. ``ifv.fv.visualize`` returns the parameters v and the convergence record.
+    reads back. ``ifv.fv.realize`` returns the parameters v and the convergence record.
     """
-    s = _check(model, layer, aggregation, k, param, size)
+    s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
+                     cache_dir=cache_dir, download=download, size=size)
     if s.size is None:
         raise UserError("visualize with an nn.Module needs size=(H, W) of its input")
-    p = _make_param(s, s.size)
-    net = _network(model, s, weights, cache_dir, download)
-    like = _like(net)
-    idx = _select(s.spec, s.model_name, layer, features, _probe(net, layer, p, like))
+    bound = s.bind(progress=progress)
+    n_f = bound.n_f
     t = torch.as_tensor(x, dtype=torch.float64)
     t = t.unsqueeze(0) if t.dim() == 1 else t
-    if t.dim() != 2 or t.shape[1] != len(idx):
-        raise UserError(f"targets x must be (N, {len(idx)}) or ({len(idx)},) for the "
-                        f"{len(idx)} selected features, got {tuple(t.shape)}")
+    if t.dim() != 2 or t.shape[1] != n_f:
+        raise UserError(f"targets x must be (N, {n_f}) or ({n_f},) for the "
+                        f"{n_f} selected features, got {tuple(t.shape)}")
     norm = t.norm(dim=1, keepdim=True)
     if not bool((norm > 0).all() and torch.isfinite(t).all()):
         raise UserError("targets x must be finite and nonzero")
-    response = Response(net, p, layer, idx, aggregation)
+    like = bound.like()
 
     def init(n: int, g: torch.Generator) -> Tensor:
-        return p.init(n, g).to(like)
+        return bound.param.init(n, g).to(like)
 
-    result = fv.visualize(response, init, (t / norm).to(like), s.k,
-                          settings or FVSettings(), seed=seed, progress=progress)
-    return p.render(result.v).detach()
+    result = fv.realize(bound.response, (t / norm).to(like), s.k, settings or FVSettings(),
+                        init=init, seed=seed, progress=progress)
+    return bound.param.render(result.v).detach()

@@ -1,11 +1,19 @@
-"""The ``ifv`` command: run, train, list, invert. Hydra is the shell around the library."""
+"""The ``ifv`` command: run, train, list, invert. A thin shell: Hydra composes and launches,
+``ifv.setting`` validates, ``ifv.pipeline`` and ``ifv.api`` compute."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf, open_dict
+
+from ifv.config import CONF, choices, compose, one_line, open_train
+from ifv.errors import UserError
 
 USAGE = """\
 usage: ifv COMMAND [hydra overrides]
@@ -23,7 +31,8 @@ commands:
   list                       experiments, models (tier, weights present) and their layers
   invert IMAGE... [KEY=VALUE ...]
                              Grad-IFV on your images (.pt, .npy, .png in [0, 1]): the
-                             predicted objective's top features; `ifv invert --help`
+                             predicted objective's top features; the same overrides as
+                             run, plus invert.*; `ifv invert --help`
   --help                     this text; `ifv run --help` shows the composed config
 
 examples:
@@ -34,147 +43,40 @@ examples:
   ifv run experiment=exp07 profile=paper    # the n_f sweep: the paper's points and step counts
   ifv run experiment=exp11 hydra/launcher=joblib    # the sweep's jobs in parallel
   ifv train model=densenet_patterns model.train.epochs=8
-  ifv invert a.png b.npy layer=dense3 features=64 critical=outputs/RUN/critical.parquet
+  ifv invert a.png b.npy features.n=32 invert.critical=outputs/RUN/critical.parquet
 
 Results go to outputs/<experiment>/<time>/ (results.parquet, critical.parquet, PNG figures).
 Caches: $IFV_CACHE (default ~/.cache/ifv): models/ and stages/.
 """
-
-CONF = Path(__file__).parent / "conf"
-GROUPS = ("model", "features", "aggregation", "param", "fv", "sampling", "reopt", "jacobian",
-          "critical", "profile", "experiment")
-
-
-def _register_resolvers() -> None:
-    """${zoo:NETWORK,TIER} names the zoo model that plays a network in a tier."""
-    from omegaconf import OmegaConf
-
-    from ifv.models.registry import model_for
-
-    if not OmegaConf.has_resolver("zoo"):
-        OmegaConf.register_new_resolver("zoo", model_for)
-
-
-_register_resolvers()
 
 # conf/hydra/launcher/joblib.yaml has the name of the joblib plugin's own config, which Hydra
 # 1.3 then merges in as its schema with a deprecation warning (in every job process too). The
 # file lists every field, so it keeps working when Hydra drops that matching.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against")
 
-
-class _Fail(Exception):
-    """A user error detected by the CLI before anything runs."""
-
-
-def choices(group: str) -> list[str]:
-    """The options of a config group: the YAML files in conf/<group>/."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def _open_train(args: list[str]) -> list[str]:
-    """``model.train.KEY=V`` adds KEY to the (empty) recipe-override dict: Hydra needs ``++``."""
-    return [f"++{a}" if a.startswith("model.train.") else a for a in args]
+# A sweep an experiment carries is resolved from the config of one job: a command-line sweep
+# over these keys would leave it stale, so the two cannot nest.
+_SWEEP_INPUTS = ("experiment", "tier", "profile", "features")
+_HELP = ("-h", "--help", "--cfg", "-c", "--info", "--hydra-help")
 
 
 def _parse(args: list[str]) -> list[Any]:
     """Hydra's parse of command-line overrides; a malformed one is a one-line user error."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
 
     try:
         return OverridesParser.create().parse_overrides(args)
-    except OverrideParseException as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise _Fail(f"malformed override: {first}; use KEY=VALUE, e.g. k=2 or "
-                    "experiment=dnde_simple") from None
+    except Exception as exc:  # noqa: BLE001 - Hydra's parse error becomes one line
+        raise UserError(one_line(exc)) from None
 
 
-def _check_overrides(args: list[str]) -> list[str]:
-    """Parse the overrides; check group choices; return them with sweeps cut to one value.
-
-    Hydra's own overrides (hydra/launcher=joblib, hydra.launcher.n_jobs=2, hydra.run.dir=...)
-    pass through unchecked: Hydra validates them when composing.
-    """
-    parsed = _parse(args)
-    single = []
-    for o in parsed:
-        key = o.key_or_group
-        values = [str(v) for v in o.sweep_iterator()] if o.is_sweep_override() else None
-        if key in GROUPS and not o.is_delete():
-            opts = choices(key)
-            for val in values or [o.value()]:
-                if str(val) not in opts:
-                    raise _Fail(f"unknown {key} {val!r}; valid: {', '.join(opts)}")
-        if values is not None:
-            single.append(f"{o.get_key_element()}={values[0]}")
-        else:
-            single.append(o.input_line)
-    return single
-
-
-def compose(overrides: list[str], *, with_hydra: bool = False) -> Any:
-    """The composed config for ``overrides`` (sweeps cut to their first value).
-
-    ``with_hydra`` keeps the ``hydra`` node (launcher, hydra.sweeper.params), with the
-    sweeper's params resolved as a check.
-    """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    single = _check_overrides(_open_train(overrides))
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=single,
-                                return_hydra_config=with_hydra)
-        # resolve the job's part; the hydra node holds run-time values (hydra.job.num)
-        OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
-                               resolve=True)
-        if with_hydra:
-            OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
-    except Exception as exc:  # noqa: BLE001 - Hydra's config errors become one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        user = "UserError raised while resolving interpolation: "
-        if user in first:
-            raise _Fail(first.split(user, 1)[1]) from None
-        raise _Fail(f"invalid configuration: {first}") from None
-    return cfg
-
-
-def _run_task(cfg: Any) -> None:
-    """One job of `ifv run` (called by Hydra, once per sweep point)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from ifv import pipeline
-    from ifv.errors import UserError
-
-    out = Path(HydraConfig.get().runtime.output_dir)
-    figures = bool(cfg.get("figures", True))
-    try:
-        exp = pipeline.from_config(cfg)
-        df = pipeline.run(exp, out, stage_cache=cfg.get("stage_cache"),
-                          progress=bool(cfg.get("progress", True)),
-                          figures=figures)
-    except UserError as exc:
-        print(f"ifv: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(pipeline.summary(df))
-    print(f"results: {out / 'results.parquet'}")
-    if figures:
-        print(f"figures: {out}/angle_ssim.png, alpha.png, realizations.png, ssim_kde.png")
-
-
-# A config-carried sweep is resolved once, from the config of the first values of the
-# command line's own sweeps: a command-line sweep over these would leave it stale.
-_SWEEP_INPUTS = ("experiment", "tier", "profile", "features")
+def _values(o: Any) -> list[Any]:
+    return list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
 
 
 def config_sweep(cfg: Any, overrides: list[str]) -> dict[str, str]:
     """The sweep a composed config carries itself (``hydra.sweeper.params``, e.g. the n_f
     points of exp07 for its tier and profile), less the keys the command line sets."""
-    from omegaconf import OmegaConf
-
     params = OmegaConf.select(cfg, "hydra.sweeper.params")
     if not params:
         return {}
@@ -183,110 +85,102 @@ def config_sweep(cfg: Any, overrides: list[str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in resolved.items() if k not in given}
 
 
-def _sweep_points(sweep: dict[str, str]) -> list[dict[str, Any]]:
-    """The jobs of a sweep as {key: value}: the product of every key's values."""
-    import itertools
+def _jobs(overrides: list[str]) -> tuple[Any, dict[str, str], int]:
+    """Validate every job of ``ifv run OVERRIDES``: the product of the command line's sweeps
+    and of the sweep a config carries. Returns the first job's config, the carried sweep and
+    the number of jobs."""
+    from ifv.setting import Experiment
 
-    values = []
-    for key, spec in sweep.items():
-        (o,) = _parse([f"{key}={spec}"])
-        values.append(list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()])
-    return [dict(zip(sweep, combo, strict=True)) for combo in itertools.product(*values)]
+    parsed = _parse(overrides)
+    swept = [o for o in parsed if o.is_sweep_override()]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    first, carried, n_jobs = None, {}, 0
+    for combo in itertools.product(*(_values(o) for o in swept)):
+        job = [*fixed, *(f"{o.get_key_element()}={v}" for o, v in zip(swept, combo, strict=True))]
+        cfg = compose(job, with_hydra=True)
+        sweep = config_sweep(cfg, overrides)
+        outer = [o.key_or_group for o in swept if o.key_or_group in _SWEEP_INPUTS]
+        if sweep and outer:
+            raise UserError(f"experiment {cfg.name} sweeps {', '.join(sweep)} itself (points "
+                            f"per tier and profile); it cannot run inside a sweep over "
+                            f"{', '.join(outer)}: run one `ifv run` per value")
+        keys = list(sweep)
+        for point in itertools.product(*(_values(o) for o in _parse(
+                [f"{k}={v}" for k, v in sweep.items()]))):
+            one = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if point else cfg
+            with open_dict(one):
+                for key, value in zip(keys, point, strict=True):
+                    OmegaConf.update(one, key, value)
+            try:
+                Experiment.from_config(one)
+            except UserError as exc:
+                where = " ".join(f"{k}={v}" for k, v in zip(keys, point, strict=True))
+                raise UserError(f"{where}: {exc}" if where else str(exc)) from None
+            n_jobs += 1
+        if first is None:
+            first, carried = cfg, sweep
+    return first, carried, n_jobs
 
 
-def _check_job(cfg: Any, point: dict[str, Any]) -> None:
-    """Validate the experiment of one job: ``cfg`` with the sweep ``point`` set."""
-    import copy
-
-    from omegaconf import OmegaConf, open_dict
+def _run_task(cfg: Any) -> None:
+    """One job of `ifv run` (called by Hydra, once per sweep point)."""
+    from hydra.core.hydra_config import HydraConfig
 
     from ifv import pipeline
-    from ifv.errors import UserError
+    from ifv.setting import Experiment
 
-    job = copy.deepcopy(cfg) if point else cfg
-    with open_dict(job):
-        for key, value in point.items():
-            OmegaConf.update(job, key, value)
+    out = Path(HydraConfig.get().runtime.output_dir)
     try:
-        pipeline.from_config(job)
+        exp = Experiment.from_config(cfg)
+        df = pipeline.run(exp, out, stage_cache=cfg.stage_cache, progress=cfg.progress,
+                          figures=cfg.figures)
     except UserError as exc:
-        where = " ".join(f"{k}={v}" for k, v in point.items())
-        raise _Fail(f"{where}: {exc}" if where else str(exc)) from None
-
-
-def _check_nesting(overrides: list[str], cfg: Any, sweep: dict[str, str]) -> None:
-    """Refuse a command-line sweep over experiment, tier, profile or features when an
-    experiment it runs carries its own sweep (Hydra cannot nest the two)."""
-    parsed = _parse(overrides)
-    outer = [o for o in parsed if o.is_sweep_override() and o.key_or_group in _SWEEP_INPUTS]
-    if not outer:
-        return
-    carrier = cfg if sweep else None
-    exp = next((o for o in outer if o.key_or_group == "experiment"), None)
-    if carrier is None and exp is not None:
-        rest = [a for a, o in zip(overrides, parsed, strict=True) if o is not exp]
-        for value in exp.sweep_iterator():
-            other = compose([*rest, f"experiment={value}"], with_hydra=True)
-            if config_sweep(other, overrides):
-                carrier = other
-                break
-    if carrier is not None:
-        keys = ", ".join(config_sweep(carrier, overrides))
-        swept = ", ".join(o.key_or_group for o in outer)
-        raise _Fail(f"experiment {carrier.name} sweeps {keys} itself (points per tier and "
-                    f"profile); it cannot run inside a sweep over {swept}: run one `ifv run` "
-                    "per value")
+        print(f"ifv: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(pipeline.summary(df))
+    print(f"results: {out / 'results.parquet'}")
+    if cfg.figures:
+        print(f"figures: {out}/angle_ssim.png, alpha.png, realizations.png, ssim_kde.png")
 
 
 def cmd_run(args: list[str]) -> int:
-    """`ifv run`: validate, then hand over to Hydra (which runs sweeps with -m).
+    """`ifv run`: validate every job, then hand over to Hydra.
 
-    An experiment that carries its own sweep (``hydra.sweeper.params``: the n_f points of
-    exp06, exp07, exp11, exp12) runs as a multirun without -m; each of its jobs is validated
-    first. Setting a swept key on the command line (features.n=64) runs that value alone.
+    A sweep on the command line, or one an experiment carries (``hydra.sweeper.params``: the
+    n_f points of exp06, exp07, exp11, exp12), runs as a Hydra multirun, -m or not. Setting
+    a swept key on the command line (features.n=64) runs that value alone.
     """
     import hydra
 
-    if any(a in ("-h", "--help", "--cfg", "-c", "--info", "--hydra-help") for a in args):
-        passthrough = args
-    else:
+    if not any(a in _HELP for a in args):
         overrides = [a for a in args if not a.startswith("-")]
-        cfg = compose(overrides, with_hydra=True)
-        sweep = config_sweep(cfg, overrides)
-        _check_nesting(overrides, cfg, sweep)
-        points = _sweep_points(sweep)
-        for point in points or [{}]:
-            _check_job(cfg, point)
-        if sweep:
+        cfg, carried, n_jobs = _jobs(overrides)
+        if carried:
             print(f"{cfg.name}: a sweep over "
-                  + "; ".join(f"{k} = {v.replace(',', ', ')}" for k, v in sweep.items())
-                  + f" (tier {cfg.tier}, profile {cfg.get('profile_name')}): "
-                  f"{len(points)} points, Hydra multirun")
-            if not any(a in ("-m", "--multirun") for a in args):
-                args = ["-m", *args]
-        passthrough = _open_train(args)
+                  + "; ".join(f"{k} = {v.replace(',', ', ')}" for k, v in carried.items())
+                  + f" (tier {cfg.tier}, profile {cfg.profile_name}): "
+                  f"{n_jobs} points, Hydra multirun")
+        if n_jobs > 1 or carried:
+            args = ["-m", *[a for a in args if a not in ("-m", "--multirun")]]
     main = hydra.main(config_path=str(CONF), config_name="config", version_base=None)(_run_task)
-    sys.argv = ["ifv run", *passthrough]
+    sys.argv = ["ifv run", *open_train(args)]
     main()
     return 0
 
 
 def cmd_train(args: list[str]) -> int:
     """`ifv train model=NAME [model.train.KEY=VALUE ...]`."""
-    from ifv.errors import UserError
     from ifv.models import get_spec
     from ifv.train import train
 
     if not any(a.startswith("model=") for a in args):
-        raise _Fail(f"which model? use ifv train model=NAME; valid: {', '.join(choices('model'))}")
+        raise UserError(f"which model? use ifv train model=NAME; valid: "
+                        f"{', '.join(choices('model'))}")
     cfg = compose(args)
-    data = cfg.model.get("data") or {}
-    try:
-        spec = get_spec(cfg.model.name).with_recipe(**dict(cfg.model.get("train") or {}))
-        rec = train(spec, cfg.model.get("cache_dir"), progress=bool(cfg.get("progress", True)),
-                    data_root=data.get("root"), download=bool(data.get("download", False)))
-    except UserError as exc:
-        raise _Fail(str(exc)) from None
+    m = cfg.model
+    spec = get_spec(m.name).with_recipe(**OmegaConf.to_container(m.train, resolve=True))
+    rec = train(spec, m.cache_dir, progress=cfg.progress, data_root=m.data.root,
+                download=m.data.download)
     print(f"trained {rec['model']} ({rec['tier']} tier) in {rec['train_seconds']:.0f} s "
           f"on {rec['device']} ({rec['n_train']} training images)")
     if rec.get("task") == "superres":
@@ -338,101 +232,47 @@ def cmd_list(args: list[str]) -> int:
     return 0
 
 
-INVERT_KEYS = {
-    "model": "zoo model (ifv list); default densenet_patterns",
-    "model.weights": "weights file, or random (tests only); default: the model cache",
-    "model.cache_dir": "model cache; default $IFV_CACHE/models",
-    "model.download": "true: download missing pretrained weights (googlenet)",
-    "layer": "tapped layer; default dense3",
-    "features": "the first N channels, or all; default 64",
-    "features.indices": "explicit channels, e.g. [0,5,7]",
-    "aggregation": "maxpool_mean (default), mean, center or identity",
-    "k": "power of the cosine term of S_x; default 2",
-    "param": "parametrization P: rgb (default), fft, ffte; others with input=params",
-    "input": "image (default: files in [0, 1]) or params (.pt/.npy of P's variables v)",
-    "critical": "a run's critical.parquet: C is its best critical space",
-    "critical_dim": "with critical: the critical space of this dimension instead",
-    "top": "features printed per image; default 5",
-    "out": "JSON file written; default ifv-invert.json",
-}
+INVERT_HELP = """\
+usage: ifv invert IMAGE... [KEY=VALUE ...]
 
-
-def _number(opts: dict[str, str], key: str, cast: type, low: float) -> Any:
-    """The option ``key`` as an int or float >= low."""
-    try:
-        val = cast(opts[key])
-    except ValueError:
-        val = None
-    if val is None or not val >= low:
-        raise _Fail(f"{key} must be {'an integer' if cast is int else 'a number'} >= {low:g}, "
-                    f"got {opts[key]!r}")
-    return val
-
-
-def _invert_kwargs(opts: dict[str, str]) -> dict[str, Any]:
-    """Keyword arguments of ``ifv.api.invert`` from ``ifv invert``'s KEY=VALUE options."""
-    kw: dict[str, Any] = {}
-    for key in ("model", "layer", "aggregation", "param", "input", "critical"):
-        if key in opts:
-            kw[key] = opts[key]
-    if "model.weights" in opts:
-        kw["weights"] = opts["model.weights"]
-    if "model.cache_dir" in opts:
-        kw["cache_dir"] = opts["model.cache_dir"]
-    if "model.download" in opts:
-        if opts["model.download"].lower() not in ("true", "false"):
-            raise _Fail(f"model.download must be true or false, got {opts['model.download']!r}")
-        kw["download"] = opts["model.download"].lower() == "true"
-    if "features" in opts and "features.indices" in opts:
-        raise _Fail("give features=N or features.indices=[...], not both")
-    if "features" in opts:
-        kw["features"] = "all" if opts["features"] == "all" else _number(opts, "features", int, 1)
-    if "features.indices" in opts:
-        text = opts["features.indices"].strip().removeprefix("[").removesuffix("]")
-        try:
-            kw["features"] = [int(i) for i in text.split(",") if i.strip()]
-        except ValueError:
-            raise _Fail(f"features.indices must be a list of integers like [0,5,7], got "
-                        f"{opts['features.indices']!r}") from None
-    if "k" in opts:
-        kw["k"] = _number(opts, "k", float, 0)
-    if "critical_dim" in opts:
-        kw["critical_dim"] = _number(opts, "critical_dim", int, 1)
-    return kw
+IMAGE: .pt, .npy or .png in [0, 1], (C, H, W) or (H, W, C), optionally batched (B first).
+The setting takes the same overrides as `ifv run` (default: the make demo setting):
+  model=NAME | network=NAME tier=offline|paper, model.weights=PATH, model.cache_dir=DIR,
+  model.download=true, layer=NAME, features=n64 | features.n=N|all |
+  features.indices=[0,5,7], aggregation=NAME, k=K, param=rgb|fft|ffte, jacobian.method=NAME
+and keys of its own:
+  invert.input         image (default: files in [0, 1]) or params (.pt/.npy of P's variables v)
+  invert.critical      a run's critical.parquet: C is its best critical space
+  invert.critical_dim  with invert.critical: the critical space of this dimension instead
+  invert.top           features printed per image; default 5
+  invert.out           JSON file written; default ifv-invert.json
+"""
 
 
 def cmd_invert(args: list[str]) -> int:
     """`ifv invert IMAGE... [KEY=VALUE ...]`: Grad-IFV (Opt. (3)) on the user's images."""
-    from collections import Counter
-
-    from ifv.api import invert
-    from ifv.errors import UserError
+    from ifv.api import invert_setting
+    from ifv.setting import Setting, count
     from ifv.store import write_json
 
     if any(a in ("-h", "--help") for a in args):
-        print("usage: ifv invert IMAGE... [KEY=VALUE ...]\n\nIMAGE: .pt, .npy or .png in "
-              "[0, 1], (C, H, W) or (H, W, C), optionally batched (B first)\n\nkeys:")
-        for key, text in INVERT_KEYS.items():
-            print(f"  {key:17s} {text}")
+        print(INVERT_HELP, end="")
         return 0
-    images, opts = [], {}
-    for a in args:
-        key, sep, val = a.partition("=")
-        if Path(a).exists() or not (sep or a.startswith("-")):
-            images.append(a)
-        elif not sep:
-            raise _Fail(f"unknown option {a!r}; use KEY=VALUE (ifv invert --help)")
-        elif key not in INVERT_KEYS:
-            raise _Fail(f"unknown key {key!r} in {a!r}; valid: {', '.join(INVERT_KEYS)}")
-        else:
-            opts[key] = val
+    images = [a for a in args if Path(a).exists() or "=" not in a]
     if not images:
-        raise _Fail("which images? use ifv invert IMAGE... [KEY=VALUE ...] (ifv invert --help)")
-    top = _number(opts, "top", int, 1) if "top" in opts else 5
-    try:
-        res = invert(images, **_invert_kwargs(opts))
-    except UserError as exc:
-        raise _Fail(str(exc)) from None
+        raise UserError("which images? use ifv invert IMAGE... [KEY=VALUE ...] "
+                        "(ifv invert --help)")
+    flags = [a for a in images if a.startswith("-") and not Path(a).exists()]
+    if flags:
+        raise UserError(f"unknown option {flags[0]!r}; use KEY=VALUE (ifv invert --help)")
+    cfg = compose([a for a in args if a not in images])
+    inv = cfg.invert
+    top = count("invert.top", inv.top, 1)
+    if inv.critical_dim is not None:
+        count("invert.critical_dim", inv.critical_dim, 1)
+    res = invert_setting(images, Setting.from_config(cfg), inv.critical,
+                         critical_dim=inv.critical_dim, input=inv.input,
+                         method=cfg.jacobian.method, progress=cfg.progress)
     s = res.settings
     per_file = Counter(f for f, _ in res.sources)
     print(f"Grad-IFV on {s['model']}.{s['layer']}: {s['n_f']} features, {s['aggregation']}, "
@@ -442,7 +282,7 @@ def cmd_invert(args: list[str]) -> int:
         print(f"{src}{f'[{idx}]' if per_file[src] > 1 else ''}: residual {r:.2e} (next {nxt:.2e})")
         for feature, weight in best:
             print(f"  feature {feature:5d}  {weight:+.4f}")
-    out = write_json(opts.get("out") or "ifv-invert.json", res.to_dict(top))
+    out = write_json(inv.out, res.to_dict(top))
     print("residual: ||x*^T Z_k Dy|| / ||Z_k Dy||, 0 at an optimum of f_x*; the prediction is "
           "well determined where it lies far below next (the runner-up's)")
     print(f"wrote {out}")
@@ -465,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[cmd](rest)
-    except _Fail as exc:
+    except UserError as exc:
         print(f"ifv: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,9 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ifv.objective import significance
-
-Response = Callable[[Tensor], Tensor]
+from ifv.objective import ResponseFn, significance
 
 
 @dataclass(frozen=True)
@@ -50,12 +48,12 @@ class FVResult:
     seconds: float
 
 
-def losses(response: Response, v: Tensor, x: Tensor, k: float) -> Tensor:
+def losses(response: ResponseFn, v: Tensor, x: Tensor, k: float) -> Tensor:
     """-S_x(N~(v)) per sample: (B,)."""
     return -significance(x, response(v), k)
 
 
-def _loss_grad(response: Response, v: Tensor, x: Tensor, k: float) -> tuple[Tensor, Tensor]:
+def _loss_grad(response: ResponseFn, v: Tensor, x: Tensor, k: float) -> tuple[Tensor, Tensor]:
     """Per-sample losses (B,) and their gradients w.r.t. v (B, *shape)."""
     with torch.enable_grad():
         v = v.detach().requires_grad_(True)
@@ -64,7 +62,7 @@ def _loss_grad(response: Response, v: Tensor, x: Tensor, k: float) -> tuple[Tens
     return f.detach(), g
 
 
-def adam(response: Response, v: Tensor, x: Tensor, k: float, steps: int, lr: float,
+def adam(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, lr: float,
          bar: tqdm | None = None) -> Tensor:
     """``steps`` Adam steps on every sample of the batch (elementwise, hence per sample)."""
     v = v.detach().clone().requires_grad_(True)
@@ -83,7 +81,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1)
 
 
-def lbfgs(response: Response, v: Tensor, x: Tensor, k: float, steps: int, history: int = 10,
+def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, history: int = 10,
           tol: float = 1e-7, bar: tqdm | None = None) -> tuple[Tensor, Tensor]:
     """Batched L-BFGS with a per-sample two-loop recursion and Armijo backtracking.
 
@@ -171,18 +169,22 @@ def lbfgs(response: Response, v: Tensor, x: Tensor, k: float, steps: int, histor
     return v.reshape(shape), iters
 
 
-def visualize(response: Response, init: Callable[[int, torch.Generator], Tensor], x: Tensor,
-              k: float, settings: FVSettings = FVSettings(), *, seed: int = 0,
-              v0: Tensor | None = None, progress: bool = True, desc: str = "FV") -> FVResult:
-    """Realizations I* = P(v*) of the targets x (N, n_f), Opt. (1) with S_x of Sec. 2.
+def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FVSettings(), *,
+            init: Callable[[int, torch.Generator], Tensor] | None = None,
+            v0: Tensor | None = None, seed: int = 0, progress: bool = True,
+            desc: str = "FV") -> FVResult:
+    """Realizations I* = P(v*) of the targets x (N, n_f), Opt. (1) with S_x of Sec. 2: the
+    one FV entry point.
 
-    ``init(n, generator)`` draws initial parameters; ``v0`` (N, *shape) starts from given
-    parameters instead (re-optimization, Sec. 3.4). Batches of ``settings.batch_size``.
+    Starts from ``init(n, generator)`` (seeded by ``seed``) or from given parameters ``v0``
+    (N, *shape); re-optimization (Sec. 3.4) is FV from the realizations with
+    ``lbfgs_steps=0``. Batches of ``settings.batch_size``.
     """
+    if (init is None) == (v0 is None):
+        raise ValueError("realize needs exactly one of init and v0")
     t0 = time.perf_counter()
     n = x.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    v0 = init(n, g) if v0 is None else v0.detach().clone()
+    v0 = v0.detach().clone() if v0 is not None else init(n, torch.Generator().manual_seed(seed))
     x = x.to(v0.dtype)
     per_batch = settings.adam_steps + settings.lbfgs_steps
     nb = -(-n // settings.batch_size)

@@ -6,8 +6,6 @@ the feature response ``y`` and the Gram matrix ``G = Dy Dy^T`` (see ``ifv.jacobi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -91,17 +89,3 @@ def solve(y: Tensor, gram: Tensor, k: float, basis: Tensor | None = None) -> tup
     x = unit(x)
     sign = torch.where((x * y).sum(-1) < 0, -1.0, 1.0).to(x)
     return x * sign.unsqueeze(-1), evals[..., 0].clamp_min(0.0)
-
-
-def invert(response: Callable[[Tensor], Tensor], v: Tensor, k: float,
-           basis: Tensor | None = None, *, method: str = "loop") -> tuple[Tensor, Tensor, Tensor]:
-    """Grad-IFV end to end for realizations P(v): the predicted objectives of Opt. (3).
-
-    ``response`` is N~ = Agg o N o P (e.g. ``ifv.objective.Response``); v: (B, *shape).
-    Returns x*: (B, n_f), y: (B, n_f) and G = Dy Dy^T: (B, n_f, n_f), all float64.
-    """
-    from ifv.jacobian import response_and_gram
-
-    y, gram = response_and_gram(response, v, method=method)
-    x_pred, _ = solve(y, gram, k, basis)
-    return x_pred, y, gram

@@ -15,13 +15,13 @@ accumulate ``.grad``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from ifv.inverse import symmetric
+from ifv.objective import ResponseFn
 
 METHODS = ("loop", "batched", "vmap")
 
@@ -31,8 +31,6 @@ _BATCHED_FEATURES = 16
 # Bytes of one float64 block of Dy rows in the blocked Gram product (independent of
 # max_bytes so that G does not depend on the sample chunking).
 _GRAM_BLOCK_BYTES = 1 << 27
-
-Fn = Callable[[Tensor], Tensor]
 
 
 def _check_method(method: str) -> None:
@@ -48,7 +46,7 @@ def _check_response(y: Tensor, batch: int) -> int:
     return y.shape[1]
 
 
-def _jacobian_loop(fn: Fn, x: Tensor) -> tuple[Tensor, Tensor]:
+def _jacobian_loop(fn: ResponseFn, x: Tensor) -> tuple[Tensor, Tensor]:
     """One forward, then one backward of y[:, i].sum() per feature i.
 
     Samples are independent, so the gradient of the batch sum is row i of every sample's
@@ -67,7 +65,7 @@ def _jacobian_loop(fn: Fn, x: Tensor) -> tuple[Tensor, Tensor]:
     return y.detach(), dy
 
 
-def _jacobian_batched(fn: Fn, x: Tensor, features: int = _BATCHED_FEATURES
+def _jacobian_batched(fn: ResponseFn, x: Tensor, features: int = _BATCHED_FEATURES
                       ) -> tuple[Tensor, Tensor]:
     """One forward, then is_grads_batched backwards over ``features`` one-hot cotangents.
 
@@ -90,7 +88,7 @@ def _jacobian_batched(fn: Fn, x: Tensor, features: int = _BATCHED_FEATURES
     return y.detach(), dy
 
 
-def _jacobian_vmap(fn: Fn, x: Tensor) -> tuple[Tensor, Tensor]:
+def _jacobian_vmap(fn: ResponseFn, x: Tensor) -> tuple[Tensor, Tensor]:
     """torch.func: vjp of the batch, vmapped over the n_f one-hot cotangents.
 
     x: (B, *shape), detached -> y: (B, n_f), Dy: (B, n_f, n_p). Raises RuntimeError where fn has an
@@ -109,7 +107,7 @@ def _jacobian_vmap(fn: Fn, x: Tensor) -> tuple[Tensor, Tensor]:
     return y.detach(), g.reshape(n_f, batch, -1).transpose(0, 1).contiguous()
 
 
-def jacobian(fn: Fn, v: Tensor, *, method: str = "loop") -> tuple[Tensor, Tensor]:
+def jacobian(fn: ResponseFn, v: Tensor, *, method: str = "loop") -> tuple[Tensor, Tensor]:
     """Responses y = N~(v) and Jacobians Dy = DN~(v) of every sample (Sec. 2, 2.1).
 
     v: (B, *shape) -> y: (B, n_f) in fn's dtype, Dy: (B, n_f, n_p) in v's dtype, with
@@ -159,7 +157,7 @@ def chunk_size(n_f: int, n_p: int, itemsize: int, max_bytes: int) -> int:
     return max(1, max_bytes // max(1, n_f * n_p * itemsize))
 
 
-def response_and_gram(fn: Fn, v: Tensor, *, method: str = "loop", max_bytes: int = 1 << 30,
+def response_and_gram(fn: ResponseFn, v: Tensor, *, method: str = "loop", max_bytes: int = 1 << 30,
                       progress: bool = False) -> tuple[Tensor, Tensor]:
     """Responses y and Gram matrices G = Dy Dy^T of every sample, memory-bounded (Sec. 2.1).
 

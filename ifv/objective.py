@@ -17,6 +17,10 @@ from torch import Tensor, nn
 
 AGGREGATIONS = ("maxpool_mean", "mean", "center", "identity")
 
+# Any map from parameters v: (B, *shape) to responses y: (B, n_f) whose samples are
+# independent; ``Response`` is one.
+ResponseFn = Callable[[Tensor], Tensor]
+
 
 class _Stop(Exception):
     """Raised by the tap's hook to end the forward pass at the tapped layer."""

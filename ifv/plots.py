@@ -1,14 +1,17 @@
-"""The paper's diagrams (Fig. 2, Fig. 3, Supp. S3, S4) as PNG files.
+"""The paper's diagrams (Fig. 2, Fig. 3, Supp. S3, S4), drawn on matplotlib axes.
 
-Every function draws on its own ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state, no
-window), writes a PNG at ``path`` (parent folders created) and returns the path. The
-DataFrame columns are those of ``results.parquet`` (see design.md).
+Every drawing function takes the ``Axes`` it draws on, or the ``Figure`` / ``SubFigure`` it
+fills with axes, and its data; none touches a file. ``new_figure`` makes a figure (no pyplot
+state, no window) laid out by matplotlib's constrained layout, the ``*_size`` helpers give
+each diagram's natural size in inches, and ``save`` writes a figure atomically in the format
+of its suffix. ``run_figures`` draws the diagrams of one run. The DataFrame columns are those
+of ``results.parquet`` (``ifv.results``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +21,26 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
+from matplotlib.colorbar import Colorbar
 from matplotlib.colors import Colormap, FuncNorm, LinearSegmentedColormap
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
+from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from scipy.stats import gaussian_kde
 from torch import Tensor
 
-PathLike = str | os.PathLike[str]
+from ifv.store import atomic_write
 
+PathLike = str | os.PathLike[str]
+Canvas = Figure | SubFigure  # what a multi-axes diagram fills
+Size = tuple[float, float]  # width, height in inches
+
+DPI = 100
 STABLE_SSIM = 0.7  # Supp. S4: a sample is unstable if its SSIM under x_i drops below 0.7
+ANGLE_SSIM_SIZE: Size = (7.5, 6.5)
+SSIM_KDE_SIZE: Size = (5.5, 3.5)
+CELL = 1.4  # inches per realization
+DIFF_CELL = 1.6  # inches per difference map
 
 # Fig. 2a: (label, angle column or None for the target itself, SSIM column, colour)
 OBJECTIVES: tuple[tuple[str, str | None, str, str], ...] = (
@@ -35,21 +49,40 @@ OBJECTIVES: tuple[tuple[str, str | None, str, str], ...] = (
     ("feature response", "angle_response", "ssim_response", "tab:green"),
     ("random", "angle_random", "ssim_random", "tab:orange"),
 )
+# colours of the predicted objectives per group value (Fig. 2b,c)
+GROUP_COLORS = ("tab:blue", "tab:purple", "tab:cyan", "navy", "tab:pink", "tab:olive",
+                "tab:brown", "tab:gray", "black", "gold")
+
+Series = tuple[str, np.ndarray, np.ndarray, np.ndarray, str]  # label, angle, ssim, rows, colour
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100)
+# ---------------------------------------------------------------------------- figures, files
+
+def new_figure(size: Size, *, dpi: float = DPI) -> Figure:
+    """An empty figure of ``size`` inches with an Agg canvas and constrained layout."""
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
+def save(fig: Figure, path: PathLike) -> Path:
+    """Write ``fig`` to ``path`` atomically (parent folders created) at the figure's dpi, in
+    the format its suffix names (png, pdf, svg, ...)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    fig.clear()
-    return out
+    fmt = out.suffix.lstrip(".").lower()
+    return atomic_write(out, lambda p: fig.savefig(p, format=fmt, dpi=fig.dpi))
 
+
+def _vector_colorbar(cb: Colorbar) -> Colorbar:
+    """Keep a colorbar's gradient vector (matplotlib rasterizes long ones); edges in the face
+    colour close the seams that PDF viewers show between its segments."""
+    if cb.solids is not None:
+        cb.solids.set_rasterized(False)
+        cb.solids.set_edgecolor("face")
+    return cb
+
+
+# ---------------------------------------------------------------------------- helpers
 
 def _finite(values: object) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64).ravel()
@@ -89,62 +122,81 @@ def _stable_mask(df: pd.DataFrame) -> np.ndarray:
     return df["ssim_target"].to_numpy(dtype=np.float64) >= STABLE_SSIM
 
 
-def realizations_grid(images: Tensor | np.ndarray, path: PathLike, *,
-                      titles: Sequence[str] | None = None, ncols: int = 8,
-                      max_images: int = 64) -> Path:
-    """A grid of realizations I_i^* (Supp. S3). images: (B, C, H, W) in [0, 1]; C >= 3 shows
-    the first three channels as RGB, C < 3 the first channel in grey. Pixels are drawn
-    nearest-neighbour so that 32x32 images stay crisp; ``titles`` label the cells.
-    """
+def _interpolation(h: int, w: int, cell: float) -> str:
+    """Nearest-neighbour when upscaling (small images stay crisp), antialiased when shrinking."""
+    return "nearest" if max(h, w) <= DPI * cell else "antialiased"
+
+
+def _show(ax: Axes, img: np.ndarray, interp: str) -> AxesImage:
+    """One (C, H, W) image: the first three channels as RGB, else the first in grey."""
+    ax.set_axis_off()
+    if img.shape[0] >= 3:
+        return ax.imshow(img[:3].transpose(1, 2, 0).clip(0.0, 1.0), interpolation=interp)
+    return ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation=interp)
+
+
+# ---------------------------------------------------------------------------- realizations
+
+def _as_images(images: Tensor | np.ndarray, max_images: int) -> np.ndarray:
     imgs = torch.as_tensor(images).detach().to("cpu", torch.float64)
     if imgs.dim() == 3:
         imgs = imgs.unsqueeze(1)
     if imgs.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got {tuple(imgs.shape)}")
-    imgs = imgs[:max_images].clamp(0.0, 1.0)
-    b, c, h, w = imgs.shape
+    return imgs[:max_images].clamp(0.0, 1.0).numpy()
+
+
+def _grid_shape(b: int, ncols: int) -> tuple[int, int]:
     ncols = max(1, min(ncols, b)) if b else 1
-    nrows = max(1, -(-b // ncols))
-    cell = 1.4
-    fig = _new_figure(ncols * cell * max(1.0, w / h), nrows * (cell + (0.2 if titles else 0.0)))
-    # nearest-neighbour when upscaling (small images stay crisp), antialiased when shrinking
-    interp = "nearest" if max(h, w) <= 100 * cell else "antialiased"
+    return max(1, -(-b // ncols)), ncols
+
+
+def realizations_size(images: Tensor | np.ndarray, *, ncols: int = 8, max_images: int = 64,
+                      titled: bool = False) -> Size:
+    """The natural size of ``realizations_grid`` for these images (titled: with titles)."""
+    shape = tuple(images.shape)
+    b, (h, w) = min(int(shape[0]), max_images), shape[-2:]
+    nrows, ncols = _grid_shape(b, ncols)
+    return ncols * CELL * max(1.0, w / h), nrows * (CELL + (0.2 if titled else 0.0))
+
+
+def realizations_grid(fig: Canvas, images: Tensor | np.ndarray, *,
+                      titles: Sequence[str] | None = None, ncols: int = 8,
+                      max_images: int = 64) -> list[Axes]:
+    """Fill ``fig`` with a grid of realizations I_i^* (Supp. S3). images: (B, C, H, W) in
+    [0, 1]; C >= 3 shows the first three channels as RGB, C < 3 the first channel in grey.
+    Pixels are drawn nearest-neighbour so that 32x32 images stay crisp; ``titles`` label the
+    cells. Returns the cells' axes, row by row.
+    """
+    imgs = _as_images(images, max_images)
+    b, _, h, w = imgs.shape
+    nrows, ncols = _grid_shape(b, ncols)
+    interp = _interpolation(h, w, CELL)
+    gs = fig.add_gridspec(nrows, ncols, wspace=0.02, hspace=0.02)
+    axes = []
     for i in range(nrows * ncols):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax = fig.add_subplot(gs[i // ncols, i % ncols])
         ax.set_axis_off()
+        axes.append(ax)
         if i >= b:
             continue
-        if c >= 3:
-            ax.imshow(imgs[i, :3].permute(1, 2, 0).numpy(), interpolation=interp)
-        else:
-            ax.imshow(imgs[i, 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation=interp)
+        _show(ax, imgs[i], interp)
         if titles is not None and i < len(titles):
             ax.set_title(str(titles[i]), fontsize=7, pad=2)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.97 if titles else 0.99,
-                        wspace=0.05, hspace=0.25 if titles else 0.05)
-    return _save(fig, path)
+    return axes
 
 
-def angle_ssim(df: pd.DataFrame, path: PathLike, *, title: str = "",
-               group: str | None = None) -> Path:
-    """The bivariate plot of Fig. 2a (Supp. S4 diagram 3): angular distance to the target
-    objective (x, degrees) vs. SSIM after re-optimization (y) for the predicted (blue), target
-    (red, at 0 degrees), feature-response (green) and random (orange) objectives, with
-    marginal KDEs of the angles (top) and SSIM indices (right). Triangles mark unstable
-    samples (``stable`` False: SSIM under the target < 0.7, dashed line); point size follows
-    ``crit_fraction`` where present. Missing or all-NaN objectives are skipped.
+# ---------------------------------------------------------------------------- Fig. 2a
 
-    ``group`` (e.g. "critical_dim") splits the predicted objectives into one colour per value,
-    the trivariate plots of Fig. 2b,c.
-    """
-    stable = _stable_mask(df)
-    if "crit_fraction" in df.columns:
-        cf = df["crit_fraction"].to_numpy(dtype=np.float64)
-        sizes = 6.0 + 50.0 * np.nan_to_num(cf, nan=1.0).clip(0.0, 1.0)
-    else:
-        sizes = np.full(len(df), 22.0)
+def predicted_only(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows for a trivariate plot: only the predicted objectives are drawn (Fig. 2b,c)."""
+    return df.drop(columns=[c for c in ("ssim_target", "ssim_response", "ssim_random")
+                            if c in df.columns])
 
-    series: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, str]] = []
+
+def _angle_series(df: pd.DataFrame, group: str | None) -> list[Series]:
+    """The objectives present in ``df``; the predicted ones split per ``group`` value."""
+    series: list[Series] = []
     for label, acol, scol, color in OBJECTIVES:
         if scol not in df.columns or (acol is not None and acol not in df.columns):
             continue
@@ -152,19 +204,61 @@ def angle_ssim(df: pd.DataFrame, path: PathLike, *, title: str = "",
         ss = df[scol].to_numpy(dtype=np.float64)
         if group is not None and acol == "angle_pred" and group in df.columns:
             keys = df[group].to_numpy()
-            values = list(pd.unique(keys))
-            blues = ["tab:blue", "tab:purple", "tab:cyan", "navy", "tab:pink", "tab:olive",
-                     "tab:brown", "tab:gray", "black", "gold"]
-            for j, val in enumerate(values):
+            for j, val in enumerate(pd.unique(keys)):
                 m = keys == val
                 series.append((f"predicted, {group}={val}", np.where(m, ang, np.nan),
-                               np.where(m, ss, np.nan), m, blues[j % len(blues)]))
+                               np.where(m, ss, np.nan), m, GROUP_COLORS[j % len(GROUP_COLORS)]))
             continue
         series.append((label, ang, ss, np.ones(len(df), dtype=bool), color))
+    return series
 
-    fig = _new_figure(7.5, 6.5)
+
+def _marker_sizes(df: pd.DataFrame) -> np.ndarray:
+    """Point size from ``crit_fraction`` where present."""
+    if "crit_fraction" in df.columns:
+        cf = df["crit_fraction"].to_numpy(dtype=np.float64)
+        return 6.0 + 50.0 * np.nan_to_num(cf, nan=1.0).clip(0.0, 1.0)
+    return np.full(len(df), 22.0)
+
+
+def _status_handles(df: pd.DataFrame, stable: np.ndarray) -> list[Line2D]:
+    """Legend entries for the markers (stable / unstable) and point sizes."""
+    # one row per sample and critical space: count samples, not rows
+    n_unstable = (int(df.loc[~stable, "sample"].nunique()) if "sample" in df.columns
+                  else int((~stable).sum()))
+    handles = [
+        Line2D([], [], ls="", marker="o", color="0.4", label="stable"),
+        Line2D([], [], ls="", marker="^", color="0.4",
+               label=f"unstable (SSIM target < {STABLE_SSIM}, n={n_unstable})"),
+    ]
+    if "crit_fraction" in df.columns:
+        handles.append(Line2D([], [], ls="", marker="o", color="0.6", markersize=3,
+                              label="size: fraction in critical space"))
+    return handles
+
+
+def _marginal_style(*axes: Axes) -> None:
+    for a in axes:
+        a.tick_params(labelleft=False, labelbottom=False, left=False, bottom=False)
+        for side in ("top", "right"):
+            a.spines[side].set_visible(False)
+
+
+def angle_ssim(fig: Canvas, df: pd.DataFrame, *, title: str = "",
+               group: str | None = None) -> list[Axes]:
+    """Fill ``fig`` with the bivariate plot of Fig. 2a (Supp. S4 diagram 3): angular distance
+    to the target objective (x, degrees) vs. SSIM after re-optimization (y) for the predicted
+    (blue), target (red, at 0 degrees), feature-response (green) and random (orange)
+    objectives, with marginal KDEs of the angles (top) and SSIM indices (right). Triangles
+    mark unstable samples (``stable`` False: SSIM under the target < 0.7, dashed line); point
+    size follows ``crit_fraction`` where present. Missing or all-NaN objectives are skipped.
+
+    ``group`` (e.g. "critical_dim") splits the predicted objectives into one colour per value,
+    the trivariate plots of Fig. 2b,c. Returns the axes (joint, top, right).
+    """
+    stable, sizes = _stable_mask(df), _marker_sizes(df)
+    series = _angle_series(df, group)
     gs = fig.add_gridspec(2, 2, width_ratios=(4.0, 1.0), height_ratios=(1.0, 4.0),
-                          left=0.1, right=0.97, bottom=0.09, top=0.93 if title else 0.97,
                           wspace=0.04, hspace=0.04)
     ax = fig.add_subplot(gs[1, 0])
     ax_top = fig.add_subplot(gs[0, 0], sharex=ax)
@@ -197,34 +291,33 @@ def angle_ssim(df: pd.DataFrame, path: PathLike, *, title: str = "",
     ax.set_xlabel("angular distance to target objective [\N{DEGREE SIGN}]")
     ax.set_ylabel("SSIM after re-optimization")
     ax.grid(alpha=0.25)
-    # one row per sample and critical space: count samples, not rows
-    n_unstable = (int(df.loc[~stable, "sample"].nunique()) if "sample" in df.columns
-                  else int((~stable).sum()))
-    handles += [
-        Line2D([], [], ls="", marker="o", color="0.4", label="stable"),
-        Line2D([], [], ls="", marker="^", color="0.4",
-               label=f"unstable (SSIM target < {STABLE_SSIM}, n={n_unstable})"),
-    ]
-    if "crit_fraction" in df.columns:
-        handles.append(Line2D([], [], ls="", marker="o", color="0.6", markersize=3,
-                              label="size: fraction in critical space"))
-    ax.legend(handles=handles, loc="best", fontsize=7.5, framealpha=0.85)
-
-    for a in (ax_top, ax_right):
-        a.tick_params(labelleft=False, labelbottom=False, left=False, bottom=False)
-        for side in ("top", "right"):
-            a.spines[side].set_visible(False)
+    ax.legend(handles=handles + _status_handles(df, stable), loc="best", fontsize=7.5,
+              framealpha=0.85)
+    _marginal_style(ax_top, ax_right)
     ax_top.set_ylim(0.0, 1.1)
     ax_right.set_xlim(0.0, 1.1)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return [ax, ax_top, ax_right]
 
+
+# ---------------------------------------------------------------------------- alpha bars
 
 def _fragmentation_cmap() -> Colormap:
     """Strong colour for j = 1 through red and purple to black for high j (Fig. 3)."""
     return LinearSegmentedColormap.from_list(
         "ifv_fragmentation", ["#ffb000", "#fe6100", "#dc267f", "#785ef0", "#1a1a40", "#000000"]
+    )
+
+
+def _fragmentation_norm(n_max: int) -> FuncNorm:
+    """Colour position (log j / log n_max)^0.6: log so that bars of different n_f share one
+    scale, the power to separate the first few j, which matter most (Fig. 2 top)."""
+    log_n = float(np.log(n_max))
+    return FuncNorm(
+        (lambda j: (np.log(np.maximum(j, 1.0)) / log_n) ** 0.6,
+         lambda t: np.exp(np.clip(t, 0.0, 1.0) ** (1.0 / 0.6) * log_n)),
+        vmin=1.0, vmax=float(n_max),
     )
 
 
@@ -242,58 +335,41 @@ def _as_alpha_dict(alpha: Mapping[str, object] | Tensor | np.ndarray) -> dict[st
     return out
 
 
-def alpha_bars(alpha: Mapping[str, object] | Tensor | np.ndarray, path: PathLike, *,
-               title: str = "", orientation: str = "horizontal") -> Path:
-    """Stacked bars of alpha_1, ..., alpha_{n_f} (Fig. 2 top, Fig. 3, Supp. S4 diagram 1): one
-    bar per experiment label, alpha_1 at the base, coloured from a strong colour (j = 1) to
-    black (high j, "black indicates high fragmentation") on a log scale in j, so bars with
-    different n_f share one colour scale.
-
-    alpha: (n_f,) array/tensor, (n_bars, n_f) array, or a dict label -> (n_f,) (lengths may
-    differ). orientation: "horizontal" (Fig. 2) or "vertical" (Fig. 3).
-    """
+def _check_orientation(orientation: str) -> None:
     if orientation not in ("horizontal", "vertical"):
         raise ValueError(f"orientation must be 'horizontal' or 'vertical', got {orientation!r}")
-    bars = _as_alpha_dict(alpha)
-    labels = list(bars)
-    n_max = max([a.size for a in bars.values()] + [2])
-    cmap = _fragmentation_cmap()
-    # colour position (log j / log n_max)^0.6: log so that bars of different n_f share one
-    # scale, the power to separate the first few j, which matter most (Fig. 2 top)
-    log_n = float(np.log(n_max))
-    norm = FuncNorm(
-        (lambda j: (np.log(np.maximum(j, 1.0)) / log_n) ** 0.6,
-         lambda t: np.exp(np.clip(t, 0.0, 1.0) ** (1.0 / 0.6) * log_n)),
-        vmin=1.0, vmax=float(n_max),
-    )
-    horizontal = orientation == "horizontal"
-    nb = len(labels)
+
+
+def alpha_bars_size(n_bars: int, orientation: str = "horizontal") -> Size:
+    """The natural size of ``alpha_bars`` with ``n_bars`` bars."""
+    _check_orientation(orientation)
+    if orientation == "horizontal":
+        return 8.0, 1.2 + 0.45 * max(n_bars, 1)
+    return 2.0 + 0.55 * max(n_bars, 1), 5.0
+
+
+def _bar(ax: Axes, i: int, a: np.ndarray, cmap: Colormap, norm: FuncNorm,
+         horizontal: bool) -> None:
+    """Bar ``i``: one segment per alpha_j, alpha_1 at the base."""
+    colors = cmap(norm(np.arange(1, a.size + 1, dtype=np.float64)))
+    lo = np.concatenate([[0.0], np.cumsum(a)[:-1]])
+    hi = lo + a
+    # one PolyCollection per bar (hundreds of segments for Fig. 3 stay cheap)
+    c0, c1 = i - 0.35, i + 0.35
     if horizontal:
-        fig = _new_figure(8.0, 1.2 + 0.45 * max(nb, 1))
+        quads = [[(p, c0), (q, c0), (q, c1), (p, c1)] for p, q in zip(lo, hi, strict=True)]
     else:
-        fig = _new_figure(2.0 + 0.55 * max(nb, 1), 5.0)
-    ax = fig.add_subplot(1, 1, 1)
-    total_max = 1.0
-    for i, label in enumerate(labels):
-        a = bars[label]
-        if a.size == 0:
-            continue
-        colors = cmap(norm(np.arange(1, a.size + 1, dtype=np.float64)))
-        lo = np.concatenate([[0.0], np.cumsum(a)[:-1]])
-        hi = lo + a
-        # one PolyCollection per bar (hundreds of segments for Fig. 3 stay cheap)
-        c0, c1 = i - 0.35, i + 0.35
-        if horizontal:
-            quads = [[(p, c0), (q, c0), (q, c1), (p, c1)] for p, q in zip(lo, hi, strict=True)]
-        else:
-            quads = [[(c0, p), (c1, p), (c1, q), (c0, q)] for p, q in zip(lo, hi, strict=True)]
-        # thin white separators between the wider segments of short bars
-        lw = np.where(a > 0.02 * max(float(a.sum()), 1e-300), 0.5, 0.0) if a.size <= 40 else 0.0
-        ax.add_collection(PolyCollection(quads, facecolors=colors, edgecolors="white",
-                                         linewidths=lw), autolim=False)
-        if horizontal:
-            ax.text(0.005, i, rf"$\alpha_1$={a[0]:.2f}", va="center", ha="left", fontsize=7)
-        total_max = max(total_max, float(a.sum()))
+        quads = [[(c0, p), (c1, p), (c1, q), (c0, q)] for p, q in zip(lo, hi, strict=True)]
+    # thin white separators between the wider segments of short bars
+    lw = np.where(a > 0.02 * max(float(a.sum()), 1e-300), 0.5, 0.0) if a.size <= 40 else 0.0
+    ax.add_collection(PolyCollection(quads, facecolors=colors, edgecolors="white",
+                                     linewidths=lw), autolim=False)
+    if horizontal:
+        ax.text(0.005, i, rf"$\alpha_1$={a[0]:.2f}", va="center", ha="left", fontsize=7)
+
+
+def _bar_axes(ax: Axes, labels: list[str], total_max: float, horizontal: bool) -> None:
+    nb = len(labels)
     ticks = np.arange(nb)
     if horizontal:
         ax.set_yticks(ticks, labels)
@@ -303,34 +379,56 @@ def alpha_bars(alpha: Mapping[str, object] | Tensor | np.ndarray, path: PathLike
         ax.set_xlabel(r"$\alpha_j$ (stacked in increasing order of $j$: ascending singular "
                       "values)")
     else:
-        ax.set_xticks(ticks, labels, rotation=45 if nb > 6 else 0, ha="right" if nb > 6 else
-                      "center")
+        ax.set_xticks(ticks, labels, rotation=45 if nb > 6 else 0,
+                      ha="right" if nb > 6 else "center")
         ax.set_ylim(0.0, total_max)
         ax.set_xlim(-0.6, nb - 0.4)
         ax.set_ylabel(r"$\alpha_j$ (stacked in increasing order of $j$)")
-    sm = ScalarMappable(norm=norm, cmap=cmap)
-    cb = fig.colorbar(sm, ax=ax, pad=0.02, fraction=0.04 if horizontal else 0.08)
+
+
+def alpha_bars(ax: Axes, alpha: Mapping[str, object] | Tensor | np.ndarray, *,
+               title: str = "", orientation: str = "horizontal") -> Colorbar:
+    """Stacked bars of alpha_1, ..., alpha_{n_f} on ``ax`` (Fig. 2 top, Fig. 3, Supp. S4
+    diagram 1): one bar per experiment label, alpha_1 at the base, coloured from a strong
+    colour (j = 1) to black (high j, "black indicates high fragmentation") on a log scale in
+    j, so bars with different n_f share one colour scale. The colour scale is a colorbar
+    beside ``ax`` (returned).
+
+    alpha: (n_f,) array/tensor, (n_bars, n_f) array, or a dict label -> (n_f,) (lengths may
+    differ). orientation: "horizontal" (Fig. 2) or "vertical" (Fig. 3).
+    """
+    _check_orientation(orientation)
+    bars = _as_alpha_dict(alpha)
+    n_max = max([a.size for a in bars.values()] + [2])
+    cmap, norm = _fragmentation_cmap(), _fragmentation_norm(n_max)
+    horizontal = orientation == "horizontal"
+    total_max = 1.0
+    for i, a in enumerate(bars.values()):
+        if a.size:
+            _bar(ax, i, a, cmap, norm, horizontal)
+            total_max = max(total_max, float(a.sum()))
+    _bar_axes(ax, list(bars), total_max, horizontal)
+    cb = _vector_colorbar(ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                                             pad=0.02, fraction=0.04 if horizontal else 0.08))
     j_ticks = [j for j in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if j <= n_max]
     cb.set_ticks(j_ticks, labels=[str(j) for j in j_ticks])
-    # a horizontal bar's colorbar is too short for the long label (it was clipped)
+    # a horizontal bar's colorbar is too short for the long label
     cb.set_label("j" if horizontal else "j (ascending singular value)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return cb
 
 
-def ssim_kde(df: pd.DataFrame, path: PathLike, *, title: str = "") -> Path:
-    """Supp. S4 diagram 2: KDE of the SSIM indices after re-optimizing w.r.t. the target
-    objective (column ``ssim_target``), red dashed line at the stability threshold 0.7.
+# ---------------------------------------------------------------------------- Supp. S4
+
+def ssim_kde(ax: Axes, df: pd.DataFrame, *, title: str = "") -> None:
+    """Supp. S4 diagram 2 on ``ax``: KDE of the SSIM indices after re-optimizing w.r.t. the
+    target objective (column ``ssim_target``), red dashed line at the stability threshold 0.7.
     """
     vals = _finite(df["ssim_target"]) if "ssim_target" in df.columns else np.zeros(0)
-    fig = _new_figure(5.5, 3.5)
-    ax = fig.add_subplot(1, 1, 1)
     lo = min(0.0, float(vals.min()) - 0.02) if vals.size else 0.0
-    grid = np.linspace(lo, 1.02, 400)
-    _kde(ax, vals, grid, "tab:blue")
+    _kde(ax, vals, np.linspace(lo, 1.02, 400), "tab:blue")
     ax.axvline(STABLE_SSIM, color="tab:red", ls="--", lw=1.2)
     n_unstable = int((vals < STABLE_SSIM).sum())
     ax.set_xlim(lo, 1.02)
@@ -342,21 +440,25 @@ def ssim_kde(df: pd.DataFrame, path: PathLike, *, title: str = "") -> Path:
             transform=ax.transAxes, va="top", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
-def hoyer_histograms(values: Mapping[str, object], path: PathLike, *, title: str = "",
-                     bins: int = 50) -> Path:
-    """Fig. S1: one density histogram of Hoyer sparseness values per entry (label -> values
-    in [0, 1]), with the uniform density that the target sampler of Supp. S2 aims for
-    (dashed); the text gives the mean and the share of sparse values (>= 0.9).
+# ---------------------------------------------------------------------------- Fig. S1
+
+def hoyer_histograms_size(n_panels: int) -> Size:
+    """The natural size of ``hoyer_histograms`` with ``n_panels`` histograms."""
+    return 0.6 + 3.3 * max(n_panels, 1), 3.4
+
+
+def hoyer_histograms(fig: Canvas, values: Mapping[str, object], *, title: str = "",
+                     bins: int = 50) -> list[Axes]:
+    """Fill ``fig`` with Fig. S1: one density histogram of Hoyer sparseness values per entry
+    (label -> values in [0, 1]), with the uniform density that the target sampler of Supp. S2
+    aims for (dashed); the text gives the mean and the share of sparse values (>= 0.9).
     """
     items = [(str(k), _finite(v)) for k, v in values.items()]
-    fig = _new_figure(0.6 + 3.3 * max(len(items), 1), 3.4)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    for i, (label, v) in enumerate(items):
-        ax = fig.add_subplot(1, len(items), i + 1)
+    axes = list(fig.subplots(1, max(len(items), 1), squeeze=False)[0])
+    for i, (ax, (label, v)) in enumerate(zip(axes, items, strict=False)):
         ax.hist(v, bins=edges, density=True, color="tab:blue", alpha=0.75)
         ax.axhline(1.0, color="tab:red", ls="--", lw=1.0,
                    label="U[0, 1]: sampler of Supp. S2")
@@ -372,47 +474,94 @@ def hoyer_histograms(values: Mapping[str, object], path: PathLike, *, title: str
             ax.legend(loc="center right", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return axes
 
 
-def difference_maps(before: Tensor | np.ndarray, after: Mapping[str, object], path: PathLike,
-                    *, max_rows: int = 6, vmax: float | None = None,
-                    before_label: str = "realization") -> Path:
-    """Fig. S2 (Supp. S3): realizations (first column, first three channels as RGB) and, per
-    re-optimization objective (label -> images after re-optimization), the difference map:
-    per pixel the largest absolute difference over the channels. One colour scale for all
-    maps (``vmax``, default: the largest difference shown), so magnitudes compare across
-    columns. before and each after: (B, C, H, W) in [0, 1].
+# ---------------------------------------------------------------------------- Fig. S2
+
+def _as_array(images: object) -> np.ndarray:
+    return np.asarray(torch.as_tensor(images).detach().cpu(), dtype=np.float64)
+
+
+def difference_maps_size(before: Tensor | np.ndarray, n_maps: int, *,
+                         max_rows: int = 6) -> Size:
+    """The natural size of ``difference_maps`` with ``n_maps`` objectives."""
+    n = min(int(before.shape[0]), max_rows)
+    h, w = before.shape[-2:]
+    return (1 + n_maps) * DIFF_CELL * max(1.0, w / h) + 0.9, n * DIFF_CELL + 0.4
+
+
+def difference_maps(fig: Canvas, before: Tensor | np.ndarray, after: Mapping[str, object], *,
+                    max_rows: int = 6, vmax: float | None = None,
+                    before_label: str = "realization") -> list[Axes]:
+    """Fill ``fig`` with Fig. S2 (Supp. S3): realizations (first column, first three
+    channels as RGB) and, per re-optimization objective (label -> images after
+    re-optimization), the difference map: per pixel the largest absolute difference over the
+    channels. One colour scale for all maps (``vmax``, default: the largest difference
+    shown), so magnitudes compare across columns. before and each after: (B, C, H, W) in
+    [0, 1]. Returns the image axes, row by row.
     """
-    b = np.asarray(torch.as_tensor(before).detach().cpu(), dtype=np.float64)[:max_rows]
-    diffs = {}
-    for label, a in after.items():
-        arr = np.asarray(torch.as_tensor(a).detach().cpu(), dtype=np.float64)[:len(b)]
-        diffs[str(label)] = np.abs(arr - b).max(axis=1)
+    b = _as_array(before)[:max_rows]
+    diffs = {str(label): np.abs(_as_array(a)[:len(b)] - b).max(axis=1)
+             for label, a in after.items()}
     top = max([float(d.max()) for d in diffs.values()] + [1e-6]) if vmax is None else vmax
     n, cols = len(b), 1 + len(diffs)
-    h, w = b.shape[-2:]
-    cell = 1.6
-    fig = _new_figure(cols * cell * max(1.0, w / h) + 0.9, n * cell + 0.4)
-    interp = "nearest" if max(h, w) <= 100 * cell else "antialiased"
-    gs = fig.add_gridspec(n, cols, left=0.01, right=0.9, bottom=0.01,
-                          top=1.0 - 0.35 / fig.get_figheight(), wspace=0.04, hspace=0.04)
-    image = None
+    interp = _interpolation(*b.shape[-2:], DIFF_CELL)
+    gs = fig.add_gridspec(n, cols, wspace=0.04, hspace=0.04)
+    axes, maps, image = [], [], None
     for i in range(n):
         ax = fig.add_subplot(gs[i, 0])
-        ax.imshow(b[i, :3].transpose(1, 2, 0).clip(0.0, 1.0) if b.shape[1] >= 3 else b[i, 0],
-                  cmap=None if b.shape[1] >= 3 else "gray", interpolation=interp)
-        ax.set_axis_off()
+        _show(ax, b[i], interp)
+        axes.append(ax)
         if i == 0:
             ax.set_title(before_label, fontsize=9)
         for j, (label, d) in enumerate(diffs.items(), start=1):
             ax = fig.add_subplot(gs[i, j])
             image = ax.imshow(d[i], cmap="inferno", vmin=0.0, vmax=top, interpolation=interp)
             ax.set_axis_off()
+            axes.append(ax)
+            maps.append(ax)
             if i == 0:
                 ax.set_title(label, fontsize=9)
     if image is not None:
-        cax = fig.add_axes((0.915, 0.1, 0.02, 0.8))
-        fig.colorbar(image, cax=cax).set_label("max over channels |after - before|", fontsize=8)
-    return _save(fig, path)
+        cb = _vector_colorbar(fig.colorbar(image, ax=maps, fraction=0.04, pad=0.02,
+                                           shrink=0.8))
+        cb.set_label("max over channels |after - before|", fontsize=8)
+    return axes
+
+
+# ---------------------------------------------------------------------------- one run
+
+def _render(size: Size, draw: Callable[[Figure], object]) -> Figure:
+    fig = new_figure(size)
+    draw(fig)
+    return fig
+
+
+def run_figures(df: pd.DataFrame, images: Tensor, titles: list[str], out: Path) -> list[Path]:
+    """The diagrams of one run in the folder ``out``: realizations.png, angle_ssim.png,
+    alpha.png and ssim_kde.png of the best critical space, and angle_ssim_spaces.png (the
+    predicted objectives per critical space) where ``df`` has several. ``df``: the run's
+    results.parquet (``best_space`` marks the chosen space); ``images``: the realizations
+    (N, C, H, W) in [0, 1]; ``titles``: one per sample. Returns the paths written.
+    """
+    out = Path(out)
+    exp = df["experiment"].iloc[0]
+    plots: list[tuple[str, Size, Callable[[Figure], object]]] = []
+    if df["critical_dim"].nunique() > 1:
+        spaces = f"{exp}: predictions per critical space"
+        plots.append(("angle_ssim_spaces.png", ANGLE_SSIM_SIZE,
+                      lambda f: angle_ssim(f, predicted_only(df), group="critical_dim",
+                                           title=spaces)))
+    best = df[df["best_space"]].reset_index(drop=True)
+    title = f"{exp}: {best['model'].iloc[0]}.{best['layer'].iloc[0]}, k={best['k'].iloc[0]:g}"
+    alpha = np.stack(best["alpha"].to_numpy()).mean(0)
+    plots += [
+        ("realizations.png", realizations_size(images, titled=bool(titles)),
+         lambda f: realizations_grid(f, images, titles=titles)),
+        ("angle_ssim.png", ANGLE_SSIM_SIZE, lambda f: angle_ssim(f, best, title=title)),
+        ("alpha.png", alpha_bars_size(1), lambda f: alpha_bars(f.add_subplot(), alpha,
+                                                                title=title)),
+        ("ssim_kde.png", SSIM_KDE_SIZE, lambda f: ssim_kde(f.add_subplot(), best, title=title)),
+    ]
+    return [save(_render(size, draw), out / name) for name, size, draw in plots]

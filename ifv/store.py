@@ -1,4 +1,5 @@
-"""Atomic file writes and content keys: nothing half-written is ever left behind."""
+"""Atomic file writes, content keys and the stage cache: nothing half-written is ever left
+behind."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def canonical_json(obj: Any) -> str:
@@ -54,3 +57,23 @@ def default_cache_dir() -> Path:
         return Path(os.environ["IFV_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "ifv"
+
+
+class StageCache:
+    """Stage outputs (dicts of tensors) as .pt files under ``root/STAGE/``, named by a hash
+    of exactly the configuration each stage depends on and the stage's version."""
+
+    def __init__(self, root: str | Path | None) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir() / "stages"
+
+    def get_or_compute(self, stage: str, version: int, key: dict[str, Any],
+                       compute: Callable[[], dict[str, Any]], log: Callable[[str], None],
+                       ) -> dict[str, Any]:
+        """The cached output of ``stage`` for ``key``, else ``compute()``'s, written first."""
+        path = self.root / stage / f"{content_key({'v': version, **key})}.pt"
+        if path.exists():
+            log(f"{stage}: cached ({path})")
+            return torch.load(path, weights_only=True)
+        out = compute()
+        atomic_write(path, lambda p: torch.save(out, p))
+        return out

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from experiments import synthetic
-from experiments.collect import experiment_id, main
+from experiments.collect import main
 from experiments.results import Results
 
 T0 = 1_700_000_000.0  # a fixed time stamp; the duplicate run is one day newer
@@ -20,20 +20,20 @@ def tree(tmp_path: Path) -> Path:
     """outputs/: exp01 twice (same configuration), exp02 with critical spaces, a corrupt file;
     multirun/: an exp06 sweep under a ``k=2`` folder with a failed job."""
     out = tmp_path / "outputs"
-    old = synthetic.run_frame("exp01", n=12, n_features=16, spaces={16: 30.0})
-    new = synthetic.run_frame("exp01", n=12, n_features=16, spaces={16: 8.0})
+    old = synthetic.run_frame("exp01", n=12, n_f=16, spaces={16: 30.0})
+    new = synthetic.run_frame("exp01", n=12, n_f=16, spaces={16: 8.0})
     synthetic.write_run(out / "exp01/2026-01-01_10-00-00", old, imgs=synthetic.images(16),
                         mtime=T0)
     synthetic.write_run(out / "exp01/2026-01-02_10-00-00", new,
                         imgs=synthetic.images(16, seed=1), mtime=T0 + 86400)
-    crit = synthetic.run_frame("dncl_k2", n=10, spaces={10: 60.0, 9: 5.0})
-    synthetic.write_run(out / "dncl_k2/2026-01-01_11-00-00", crit)
+    crit = synthetic.run_frame("exp02", n=10, spaces={10: 60.0, 9: 5.0})
+    synthetic.write_run(out / "exp02/2026-01-01_11-00-00", crit)
     bad = out / "exp03/2026-01-01_12-00-00"
     synthetic.write_run(bad, None)
     (bad / "results.parquet").write_bytes(b"PAR1 this is not parquet")
     sweep = tmp_path / "multirun/exp06/2026-01-03_09-00-00/k=2"
     for job, n_f in enumerate((8, 16)):
-        df = synthetic.run_frame("exp06", n=10, n_features=n_f, k=0.0)
+        df = synthetic.run_frame("exp06", n=10, n_f=n_f, k=0.0)
         synthetic.write_run(sweep / str(job), df, imgs=synthetic.images(n_f), mtime=T0 + job)
     synthetic.write_run(sweep / "2", None)  # the failed job
     return tmp_path
@@ -54,13 +54,13 @@ def test_collect_tables_and_dedupe(tree: Path, capsys: pytest.CaptureFixture[str
     assert exp01["angle_pred"].median() == pytest.approx(8.0)  # the newer run's values
     dup = [ln for ln in out.splitlines() if ln.startswith("duplicate")]
     assert len(dup) == 1 and "2026-01-01_10-00-00" in dup[0] and "kept" in dup[0]
-    # the alias dncl_k2 is Supp. S4 experiment 2; its two spaces give two rows per sample
+    # Supp. S4 experiment 2: its two spaces give two rows per sample
     exp02 = res.frame("exp02")
     assert len(exp02) == 20 and set(exp02["experiment"]) == {"exp02"}
     assert exp02.loc[exp02["best_space"], "critical_dim"].unique().tolist() == [9]
     crit = res.critical("exp02")
     assert sorted(crit["critical_dim"]) == [9, 10]
-    assert {"run", "n_features", "k", "param"} <= set(crit.columns)
+    assert {"run", "n_f", "k", "param"} <= set(crit.columns)
     # summary table: one line per experiment with runs and rows
     table = {ln.split()[0]: ln.split() for ln in out.splitlines()
              if ln.split() and ln.split()[0].startswith("exp")}
@@ -72,7 +72,7 @@ def test_sweep_failed_job_and_hive_paths(tree: Path, capsys: pytest.CaptureFixtu
     rc, out, res = _collect(tree, capsys)
     assert rc == 0
     exp06 = res.frame("exp06")
-    assert sorted(exp06["n_features"].unique()) == [8, 16]
+    assert sorted(exp06["n_f"].unique()) == [8, 16]
     # the k=2 folder must neither add a column nor overwrite the k of the rows (k = 0)
     expected = set(synthetic.run_frame("exp06").columns) | {"run"}
     assert set(exp06.columns) == expected
@@ -103,7 +103,7 @@ def test_recollect_removes_stale_image_sets(tree: Path,
     (job / "results.parquet").unlink()  # n_f = 8 is now a failed job
     _, out, res = _collect(tree, capsys)
     assert not stale.exists() and res.image_keys("exp06") == []
-    assert sorted(res.frame("exp06")["n_features"].unique()) == [16]
+    assert sorted(res.frame("exp06")["n_f"].unique()) == [16]
     assert sum(ln.startswith("skipped") for ln in out.splitlines()) == 3
 
 
@@ -116,19 +116,17 @@ def test_missing_dir_is_a_one_line_error(tmp_path: Path,
     assert not (tmp_path / "results").exists()
 
 
-def test_empty_dir_and_old_runs_without_best_space(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_dir_and_a_run_without_the_schema_columns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "outputs").mkdir()
     assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "r")]) == 0
     assert "no results.parquet" in capsys.readouterr().out
-    df = synthetic.run_frame("exp2", n=8, spaces={10: 50.0, 9: 4.0})
+    df = synthetic.run_frame("exp02", n=8, spaces={10: 50.0, 9: 4.0})
     synthetic.write_run(tmp_path / "outputs/old", df.drop(columns="best_space"),
                         critical=synthetic.critical_frame(df))
+    synthetic.write_run(tmp_path / "outputs/new", df)
     assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "missing columns ['best_space']" in out
     got = pd.read_parquet(tmp_path / "r/exp02.parquet")
     assert got.groupby("critical_dim")["best_space"].all().to_dict() == {9: True, 10: False}
-
-
-def test_experiment_ids() -> None:
-    assert [experiment_id(n) for n in ("exp1", "exp01", "exp22", "dn4cl_k0", "dnde_simple")] \
-        == ["exp01", "exp01", "exp22", "exp05", "dnde_simple"]

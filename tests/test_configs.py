@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from ifv import pipeline
-from ifv.cli import compose, config_sweep, main
+from ifv.cli import config_sweep, main
+from ifv.config import choices, compose
 from ifv.models import get_spec
+from ifv.setting import Experiment
 
 # Supp. S4, written out from the paper (not from the configs):
 # id -> (network, layer, features, aggregation, k, parametrization); features is the paper's
@@ -53,7 +54,7 @@ ALIASES = {
     "dnde_ffte": 18, "gn4c_rgb": 19, "gn4c_fft": 20, "gn4c_ffte": 21, "srnet_mask1_k2": 22,
     "srnet_maskfree_k2": 23, "srnet_mask1_k0": 24, "srnet_maskfree_k0": 25,
 }
-# the zoo model that plays each network (Sec. 3.1; design.md: tiers)
+# the zoo model that plays each network in each tier (Sec. 3.1)
 MODELS = {
     ("googlenet", "paper"): "googlenet", ("googlenet", "offline"): "googlenet_patterns",
     ("densenet", "paper"): "densenet_cifar", ("densenet", "offline"): "densenet_patterns",
@@ -118,14 +119,16 @@ def test_experiment_matches_its_s4_row(i: int) -> None:
             assert sweep == {}
             cfgs = [(cfg, scaled(feats, layer, model))]
         for c, n_f in cfgs:
-            exp = pipeline.from_config(c)
-            assert (exp.model, exp.layer, exp.n_f) == (model, layer, n_f)
-            assert (exp.aggregation, exp.k, exp.param["name"]) == (agg, k, param)
+            exp = Experiment.from_config(c)
+            s = exp.setting
+            assert (s.model_name, s.layer, exp.n_f) == (model, layer, n_f)
+            assert (s.aggregation, s.k, s.param["name"]) == (agg, k, param)
             targets, adam, lbfgs, reopt = SIZES[profile][network]
             assert exp.n_random + exp.n_canonical == targets
-            assert (exp.fv.adam_steps, exp.fv.lbfgs_steps, exp.reopt_steps) == (adam, lbfgs,
-                                                                               reopt)
-            assert exp.critical_search == (i in CRITICAL)
+            assert (exp.fv.adam_steps, exp.fv.lbfgs_steps, exp.reopt.adam_steps) == (
+                adam, lbfgs, reopt)
+            assert exp.reopt.lbfgs_steps == 0  # re-optimization is FV without L-BFGS
+            assert exp.critical.search == (i in CRITICAL)
             assert exp.n_canonical == (10 if i in CRITICAL else targets // 2)
         # the alias is the same experiment, under the same name
         same = compose([f"experiment={alias}", *args], with_hydra=True)
@@ -138,7 +141,7 @@ def test_quick_sweeps_share_runs_with_other_experiments(tier: str) -> None:
     """A quick sweep's points include the n_f of other experiments with the same network,
     aggregation, k and parametrization: the stage cache serves those runs once."""
     def n_f(name: str) -> int:
-        return pipeline.from_config(compose([f"experiment={name}", f"tier={tier}"])).n_f
+        return Experiment.from_config(compose([f"experiment={name}", f"tier={tier}"])).n_f
 
     def points(name: str) -> set[int]:
         sweep = config_sweep(compose([f"experiment={name}", f"tier={tier}"], with_hydra=True), [])
@@ -150,8 +153,6 @@ def test_quick_sweeps_share_runs_with_other_experiments(tier: str) -> None:
 
 
 def test_every_experiment_file_is_known() -> None:
-    from ifv.cli import choices
-
     names = set(choices("experiment"))
     assert {f"exp{i:02d}" for i in S4} | set(ALIASES) | {"dnde_simple"} == names
 
@@ -160,7 +161,7 @@ def test_param_options_reach_the_parametrization() -> None:
     cfg = compose(["experiment=exp18"])
     assert dict(cfg.param) == {"name": "ffte", "init_std": 0.01, "decay_power": 1.0}
     cfg = compose(["experiment=exp18", "param.decay_power=1.5"])
-    assert pipeline.from_config(cfg).param["decay_power"] == 1.5
+    assert Experiment.from_config(cfg).setting.param["decay_power"] == 1.5
 
 
 # ---- end to end, tiny -------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_tiny_run(i: int, tmp_path: Path, stage_cache: Path,
         row = df.iloc[0]
         assert (row.experiment, row.model, row.layer) == (name, MODELS[(network, "offline")],
                                                          layer)
-        assert (row.n_features, row.aggregation, row.k, row.param) == (n_f, agg, k, param)
+        assert (row.n_f, row.aggregation, row.k, row.param) == (n_f, agg, k, param)
         assert df.experiment.nunique() == 1 and df.angle_pred.between(0, 90).all()
         assert not list(out.glob("*.png"))  # figures=false
         if i in CRITICAL:  # R^10 and the critical spaces Algorithm 1 found, if any
@@ -215,7 +216,7 @@ def test_a_swept_key_on_the_command_line_runs_alone(tmp_path: Path,
     assert main(["run", "experiment=dnde_nf_k0", "features.n=3", "sampling.n_total=4", *TINY,
                  f"stage_cache={stage_cache}", f"hydra.run.dir={out}"]) == 0
     df = pd.read_parquet(out / "results.parquet")
-    assert (df.experiment.iloc[0], df.n_features.iloc[0], df.k.iloc[0]) == ("exp06", 3, 0)
+    assert (df.experiment.iloc[0], df.n_f.iloc[0], df.k.iloc[0]) == ("exp06", 3, 0)
 
 
 @pytest.mark.parametrize(("args", "expect"), [

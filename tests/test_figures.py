@@ -4,6 +4,7 @@ figures, Table 1 and REPORT.md from synthetic results with planted values."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def _write_runs(root: Path) -> None:
     """exp01 (images), exp02 (critical spaces), an exp06 sweep, exp16/exp17 (images), exp22."""
     out = root / "outputs"
     synthetic.write_run(out / "exp01/r", synthetic.run_frame(
-        "exp01", n=16, n_features=32, model="googlenet_patterns", layer="inception4c",
+        "exp01", n=16, n_f=32, n_channels=512, model="googlenet_patterns", layer="inception4c",
         n_p=12288, spaces={32: 8.0}, angle_response=47.0, ssim_pred=0.9,
         times=(17.0, 0.7, 0.2, 0.7)), imgs=synthetic.images(32, n=4, size=16))
     df2 = synthetic.run_frame("exp02", n=16, spaces={10: 50.0, 9: 25.0}, layer="classifier",
@@ -42,17 +43,17 @@ def _write_runs(root: Path) -> None:
                         critical=synthetic.critical_frame(df2, {9: [TILTED]}))
     for j, (n_f, center) in enumerate(((16, 10.0), (32, 15.0), (64, 80.0))):
         synthetic.write_run(out / f"exp06/k=0/{j}", synthetic.run_frame(
-            "exp06", n=12, n_features=n_f, k=0.0, spaces={n_f: center}))
+            "exp06", n=12, n_f=n_f, n_channels=69, k=0.0, spaces={n_f: center}))
     for exp, param, center in (("exp16", "rgb", 10.0), ("exp17", "fft", 12.0)):
         synthetic.write_run(out / exp / "r", synthetic.run_frame(
-            exp, n=12, n_features=16, param=param, spaces={16: center}),
+            exp, n=12, n_f=16, n_channels=69, param=param, spaces={16: center}),
             imgs=synthetic.images(16, n=4, size=12, seed=int(exp[-2:])))
     for exp, param, center in (("exp19", "rgb", 85.0), ("exp20", "fft", 86.0)):
         synthetic.write_run(out / exp / "r", synthetic.run_frame(
-            exp, n=12, n_features=32, model="googlenet_patterns", layer="inception4c",
-            param=param, spaces={32: center}))
+            exp, n=12, n_f=32, n_channels=512, model="googlenet_patterns",
+            layer="inception4c", param=param, spaces={32: center}))
     synthetic.write_run(out / "exp22/r", synthetic.run_frame(
-        "exp22", n=16, n_features=64, model="srnet_geometry", layer="block8",
+        "exp22", n=16, n_f=64, model="srnet_geometry", layer="block8",
         spaces={64: 2.0}, times=(10.0, 0.4, 0.01, 3.0)))
 
 
@@ -76,19 +77,25 @@ def _png(path: Path) -> np.ndarray:
     return img
 
 
-def _pdf(path: Path) -> None:
+def _pdf(path: Path, images: int) -> None:
+    """A vector PDF: text in fonts, and exactly ``images`` embedded images."""
     assert path.is_file(), path
     data = path.read_bytes()
-    assert data[:5] == b"%PDF-" and len(data) > 5000 and b"/Image" in data
+    assert data[:5] == b"%PDF-" and len(data) > 5000
+    assert re.search(rb"/Type\s*/Font", data), path
+    assert len(re.findall(rb"/Subtype\s*/Image", data)) == images, path
 
 
 def test_figures_png_and_pdf(built: tuple[Path, list[str]]) -> None:
     root, _ = built
     fig = root / "figures"
+    # only realizations and difference maps are images: Fig. 4 shows the 4 realizations of
+    # exp16 and exp17, Fig. S2 4 realizations of exp01 and their maps for 4 objectives
+    images = {"fig4": 2 * 4, "figS2": 4 * (1 + 4)}
     for stem in ("fig2", "fig2a", "fig2b", "fig3", "fig4", "figS1", "figS2",
                  "s4/exp01", "s4/exp02", "s4/exp06", "s4/exp16", "s4/exp17", "s4/exp22"):
         _png(fig / f"{stem}.png")
-        _pdf(fig / f"{stem}.pdf")
+        _pdf(fig / f"{stem}.pdf", images.get(stem, 0))
     # Fig. 2 has columns (a) and (b) only: wider than one column, narrower than three
     w_a, w_all = _png(fig / "fig2a.png").shape[1], _png(fig / "fig2.png").shape[1]
     assert 1.8 * w_a < w_all < 2.5 * w_a
@@ -163,7 +170,7 @@ def test_table1_means(built: tuple[Path, list[str]]) -> None:
 
 def test_table1_dnde_falls_back_to_the_largest_sweep_n_f(tmp_path: Path) -> None:
     for n_f, t in ((16, 1.0), (69, 5.0)):
-        df = synthetic.run_frame("exp11", n=4, n_features=n_f, times=(t, 0.1, 0.01, 0.5))
+        df = synthetic.run_frame("exp11", n=4, n_f=n_f, times=(t, 0.1, 0.01, 0.5))
         synthetic.write_run(tmp_path / f"out/{n_f}", df)
     collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
     row = table1(Results(tmp_path / "results")).set_index("model").loc["DNde"]
@@ -234,7 +241,7 @@ def test_smoothness_claims_on_planted_realizations(tmp_path: Path) -> None:
             "exp17": ("fft", None)}                               # no images
     for exp, (param, imgs) in runs.items():
         synthetic.write_run(tmp_path / "out" / exp, synthetic.run_frame(
-            exp, n=4, n_features=8, param=param), imgs=imgs)
+            exp, n=4, n_f=8, param=param), imgs=imgs)
     collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
     res = Results(tmp_path / "results")
     rows = {r.claim.key: r for r in evaluate(res)}
@@ -254,7 +261,7 @@ def test_report_survives_unexpected_data(tmp_path: Path) -> None:
     """alpha vectors of two n_f in one experiment: the alpha claims say so, no crash."""
     for n_f in (10, 12):
         synthetic.write_run(tmp_path / f"out/{n_f}", synthetic.run_frame(
-            "exp08", n=4, n_features=n_f, k=0.0, seed=n_f))
+            "exp08", n=4, n_f=n_f, k=0.0, seed=n_f))
     collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
     rows = {r.claim.key: r for r in evaluate(Results(tmp_path / "results"))}
     assert rows["k0.maxmean"].status == "n/a" and "different n_f" in rows["k0.maxmean"].ours
@@ -272,7 +279,7 @@ def test_gn4c_onset_brackets_96(tmp_path: Path, centers: dict[int, float], onset
                                 status: str) -> None:
     for n_f, center in centers.items():
         synthetic.write_run(tmp_path / f"out/{n_f}", synthetic.run_frame(
-            "exp07", n=4, n_features=n_f, k=0.0, model="googlenet_patterns",
+            "exp07", n=4, n_f=n_f, n_channels=512, k=0.0, model="googlenet_patterns",
             layer="inception4c", spaces={n_f: center}))
     collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
     rows = {r.claim.key: r for r in evaluate(Results(tmp_path / "results"))}

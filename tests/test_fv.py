@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ifv.fv import FVSettings, lbfgs, losses, visualize
+from ifv.fv import FVSettings, lbfgs, losses, realize
 from ifv.objective import Response
 
 
@@ -39,15 +39,15 @@ def test_lbfgs_samples_are_independent(small_cnn: nn.Module) -> None:
         assert it_alone[0] == it_together[i]
 
 
-def test_visualize_is_deterministic_and_records_convergence(small_cnn: nn.Module) -> None:
+def test_realize_is_deterministic_and_records_convergence(small_cnn: nn.Module) -> None:
     response, _, x = _setup(small_cnn)
 
     def init(n: int, g: torch.Generator) -> torch.Tensor:
         return 0.01 * torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64)
 
     settings = FVSettings(adam_steps=10, lbfgs_steps=10, batch_size=2)
-    a = visualize(response, init, x.double(), 2, settings, seed=5, progress=False)
-    b = visualize(response, init, x.double(), 2, settings, seed=5, progress=False)
+    a = realize(response, x.double(), 2, settings, init=init, seed=5, progress=False)
+    b = realize(response, x.double(), 2, settings, init=init, seed=5, progress=False)
     assert torch.equal(a.v, b.v)
     assert a.v.shape == (3, 3, 8, 8) and a.y.shape == (3, 6)
     assert (a.grad_norm >= 0).all() and a.iters.shape == (3,)

@@ -15,11 +15,10 @@ from torch import Tensor, nn
 import ifv
 from ifv.cli import main
 from ifv.errors import UserError
-from ifv.fv import FVSettings
-from ifv.fv import visualize as fv_visualize
+from ifv.fv import FVSettings, realize
 from ifv.images import EPS, to_params
-from ifv.inverse import invert as low_invert
-from ifv.inverse import unit, z_k, z_k_inv
+from ifv.inverse import solve, unit, z_k, z_k_inv
+from ifv.jacobian import response_and_gram
 from ifv.metrics import angular_distance
 from ifv.objective import Response
 from ifv.param import make_param
@@ -27,7 +26,7 @@ from ifv.param import make_param
 K = 2.0
 SHAPE = (3, 4, 5)  # C, H, W of the planted network's input (H != W catches transposes)
 N_F = 5
-RANDOM = ["model.weights=random", "features=4"]  # densenet_patterns, random weights
+RANDOM = ["model.weights=random", "features.n=4"]  # densenet_patterns, random weights
 
 
 def _planted(trivial: int | None = None, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
@@ -100,7 +99,7 @@ def test_file_formats_and_layouts_agree(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["rgb", "fft", "ffte"])
 def test_prediction_equals_low_level_invert(small_cnn: nn.Module, name: str) -> None:
-    """The images go to v by P's inverse; the rest is ifv.inverse.invert on that v."""
+    """The images go to v by P's inverse; the rest is y, G and Opt. (3) on that v."""
     g = torch.Generator().manual_seed(3)
     images = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64)
     images[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.5])  # saturated pixels are clamped
@@ -109,8 +108,9 @@ def test_prediction_equals_low_level_invert(small_cnn: nn.Module, name: str) -> 
     param = make_param(name, 8, 8)
     v = to_params(images, param)
     assert torch.allclose(param(v), images.clamp(EPS, 1 - EPS), atol=1e-12)
-    x_low, y, _ = low_invert(Response(small_cnn, param, "conv2", [5, 1, 3], "maxpool_mean"),
-                             v, K)
+    y, gram = response_and_gram(Response(small_cnn, param, "conv2", [5, 1, 3], "maxpool_mean"),
+                                v)
+    x_low, _ = solve(y, gram, K)
     assert res.features == [5, 1, 3]
     assert torch.allclose(res.x_pred, x_low, atol=1e-10)
     assert torch.allclose(res.y, y, atol=1e-12)
@@ -152,15 +152,14 @@ def test_critical_space_removes_the_trivial_solution(tmp_path: Path) -> None:
 
 
 def test_visualize_is_fv_rendered(small_cnn: nn.Module) -> None:
-    """ifv.visualize = P(v*) of ifv.fv.visualize on unit targets; ifv.invert reads it back."""
+    """ifv.visualize = P(v*) of ifv.fv.realize on unit targets; ifv.invert reads it back."""
     x = torch.tensor([[3.0, 0, 0, 0, 0, 4.0], [0, 1.0, 0, 0, 0, 0]], dtype=torch.float64)
     settings = FVSettings(adam_steps=20, lbfgs_steps=5)
     images = ifv.visualize(x, model=small_cnn, layer="conv2", features="all", size=(8, 8),
                            settings=settings, seed=1, progress=False)
     param = make_param("rgb", 8, 8)
-    ref = fv_visualize(Response(small_cnn, param, "conv2", range(6)),
-                       lambda n, g: param.init(n, g).double(), unit(x), K, settings, seed=1,
-                       progress=False)
+    ref = realize(Response(small_cnn, param, "conv2", range(6)), unit(x), K, settings,
+                  init=lambda n, g: param.init(n, g).double(), seed=1, progress=False)
     assert images.shape == (2, 3, 8, 8)
     assert torch.allclose(images, param(ref.v))
     res = ifv.invert(images, model=small_cnn, layer="conv2", features="all")
@@ -192,13 +191,15 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     png = _png(tmp_path / "r.png", torch.randint(0, 256, (3, 32, 32), generator=g) / 255)
     crit = _critical_parquet(tmp_path / "critical.parquet", 4, trivial=0)
     out = tmp_path / "inv.json"
-    assert main(["invert", str(png), *RANDOM, "top=2", f"critical={crit}", f"out={out}"]) == 0
+    assert main(["invert", str(png), *RANDOM, "invert.top=2", f"invert.critical={crit}",
+                 f"invert.out={out}"]) == 0
     printed = capsys.readouterr().out
     assert "r.png: residual" in printed and "dim C = 3" in printed and f"wrote {out}" in printed
     doc = json.loads(out.read_text())
     assert doc["settings"] | {"critical": None} == {
         "model": "densenet_patterns", "weights": "random", "layer": "dense3", "n_f": 4,
-        "aggregation": "maxpool_mean", "k": 2.0, "param": {"name": "rgb"}, "input": "image",
+        "aggregation": "maxpool_mean", "k": 2.0, "param": {"name": "rgb", "init_std": 0.01},
+        "input": "image",
         "critical": None, "critical_dim": 3}
     assert doc["features"] == [0, 1, 2, 3]
     (row,) = doc["images"]
@@ -227,17 +228,25 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "unreadable": ([str(tmp / "junk.png")], "cannot read it as .png"),
         "missing": ([str(tmp / "none.png")], "no such file"),
         "format": ([str(tmp / "ok.jpg")], "unknown image format"),
-        "key": ([ok, "foo=1"], "unknown key 'foo'"),
-        "value": ([ok, "k=x"], "k must be a number"),
-        "n_f": ([ok, f"critical={crit}"], "belongs to 5 features, not the 4"),
-        "dim": ([ok, f"critical={crit}", "critical_dim=2"], "no critical space of dim 2"),
-        "weights": ([ok, "features=4", f"model.cache_dir={tmp / 'empty'}"], "no weights for"),
+        "key": ([ok, "foo=1"], "no key 'foo'"),
+        "value": ([ok, "k=x"], "invalid value for k"),
+        "negative_k": ([ok, "k=-1"], "k must be a finite number >= 0"),
+        "infinite_k": ([ok, "k=1e400"], "k must be a finite number >= 0"),
+        "top": ([ok, "invert.top=0"], "invert.top must be an integer >= 1"),
+        "input": ([ok, "invert.input=pixels"], "unknown input 'pixels'; valid: image, params"),
+        "features": ([ok, "features=64"], "unknown features '64'; valid: all"),
+        "n_f": ([ok, f"invert.critical={crit}"], "belongs to 5 features, not the 4"),
+        "dim": ([ok, f"invert.critical={crit}", "invert.critical_dim=2"],
+                "no critical space of dim 2"),
+        "weights": ([ok, "features.n=4", f"model.weights={tmp / 'none.pt'}"],
+                    "no weights file"),
         "none": (["k=2"], "which images?"),
     }
 
 
 @pytest.mark.parametrize("case", ["shape", "range", "unreadable", "missing", "format", "key",
-                                  "value", "n_f", "dim", "weights", "none"])
+                                  "value", "negative_k", "infinite_k", "top", "input",
+                                  "features", "n_f", "dim", "weights", "none"])
 def test_cli_user_errors_are_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -251,7 +260,8 @@ def test_cli_user_errors_are_one_line(case: str, tmp_path: Path, capsys: pytest.
 
 
 def test_top_level_api() -> None:
-    assert ifv.__all__ == ["FVSettings", "Inversion", "invert", "visualize"]
-    from ifv.inverse import invert, solve  # the low-level forms stay in their module
+    assert ifv.__all__ == ["FVSettings", "Inversion", "Setting", "invert", "visualize"]
+    from ifv import inverse
 
-    assert callable(invert) and callable(solve)
+    assert not hasattr(inverse, "invert")  # end to end lives in ifv.api alone
+    assert callable(realize) and callable(response_and_gram) and callable(solve)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ifv.cli import compose, main
+from ifv.cli import main
+from ifv.config import compose
 
 # ifv.cli silences this one for users (conf/hydra/launcher/joblib.yaml); pytest resets filters
 pytestmark = pytest.mark.filterwarnings(
@@ -46,4 +47,5 @@ def test_slurm_extends_submitit() -> None:
 def test_unknown_launcher_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["run", "model.weights=random", "hydra/launcher=nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "hydra/launcher/nope" in err and len(err.splitlines()) == 1
+    assert "unknown hydra/launcher 'nope'; valid: basic, joblib" in err
+    assert len(err.splitlines()) == 1

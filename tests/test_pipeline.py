@@ -9,13 +9,8 @@ import pandas as pd
 import pytest
 
 from ifv.cli import main
+from ifv.results import CRITICAL, RESULTS, markdown
 
-CONTRACT = [
-    "experiment", "model", "layer", "n_features", "aggregation", "k", "param", "seed",
-    "sample", "canonical", "hoyer", "critical_dim", "angle_pred", "angle_response",
-    "angle_random", "crit_fraction", "alpha", "ssim_target", "ssim_pred", "ssim_response",
-    "ssim_random", "stable", "t_fv", "t_jacobian", "t_predict", "t_reopt",
-]
 TINY = ["model.weights=random", "features.n=4", "sampling.n_total=4", "fv.adam_steps=3",
         "fv.lbfgs_steps=3", "reopt.steps=2", "progress=false"]
 
@@ -24,13 +19,14 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     out = tmp_path / "run"
     assert main(["run", *TINY, f"hydra.run.dir={out}"]) == 0
     df = pd.read_parquet(out / "results.parquet")
-    assert not set(CONTRACT) - set(df.columns)
+    assert list(df.columns) == list(RESULTS)  # the schema, in its order, and nothing else
+    assert (df.n_channels == 69).all() and (df.n_f == 4).all()
     assert len(df) == 4 and df.canonical.sum() == 2
     assert df.angle_pred.between(0, 90).all() and df.angle_response.between(0, 90).all()
     assert (df.critical_dim == 4).all() and np.allclose(df.crit_fraction, 1.0)
     assert all(len(a) == 4 and abs(sum(a) - 1) < 1e-9 for a in df.alpha)
     crit = pd.read_parquet(out / "critical.parquet")
-    assert {"experiment", "critical_dim", "rho_min", "rho_max", "complement"} <= set(crit)
+    assert list(crit.columns) == list(CRITICAL)
     assert len(crit) == 1 and crit.best.all() and len(crit.complement[0]) == 0
     for png in ("angle_ssim.png", "alpha.png", "realizations.png", "ssim_kde.png"):
         assert (out / png).stat().st_size > 1000
@@ -63,10 +59,34 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     (["tier=nope"], "unknown tier 'nope'; valid: offline, paper"),
     (["network=nope"], "unknown network 'nope'; valid: densenet"),
     (["sampling.canonical=most"], "sampling.canonical must be half, all or a number"),
+    (["k=1e400"], "k must be a finite number >= 0, got inf"),
+    (["k=-1"], "k must be a finite number >= 0"),
+    (["k=abc"], "invalid value for k"),
+    (["seed=abc"], "invalid value for seed"),
+    (["seed=-1"], "seed must be an integer >= 0"),
+    (["fv.adam_lr=nan"], "fv.adam_lr must be a finite number > 0, got nan"),
+    (["fv.adam_lr=0"], "fv.adam_lr must be a finite number > 0"),
+    (["fv.adam_steps=-1"], "fv.adam_steps must be an integer >= 0"),
+    (["fv.adam_steps=1.5"], "invalid value for fv.adam_steps"),
+    (["fv.batch_size=0"], "fv.batch_size must be an integer >= 1"),
+    (["reopt.lr=inf"], "reopt.lr must be a finite number > 0"),
+    (["sampling.n_total=0"], "sampling.n_total must be an integer >= 1"),
+    (["critical.rho=2"], "critical.rho must be in (0, 1)"),
+    (["critical.order=zigzag"], "unknown critical.order 'zigzag'"),
+    (["critical.n_jacobians=1"], "critical.n_jacobians must be an integer >= 2"),
+    (["jacobian.method=fast"], "unknown jacobian.method 'fast'; valid: loop, batched, vmap"),
+    (["param.init_std=x"], "param.init_std must be a finite number >= 0, got 'x'"),
+    (["+param.colour=1"], "invalid options for param rgb"),
+    (["features.indices=[0,999]"], "feature indices [999] out of range"),
+    (["features.n=0"], "features must be a positive number"),
+    (["progress=maybe"], "invalid value for progress"),
+    (["model.nope=1"], "no key 'model.nope'; valid: model.name, model.weights"),
+    (["model.weights=/no/such/file.pt"], "no weights file /no/such/file.pt"),
+    (["features=64"], "unknown features '64'; valid: all"),
 ])
 def test_user_errors_are_one_line(args: list[str], expect: str,
                                   capsys: pytest.CaptureFixture) -> None:
-    assert main(["run", "model.weights=random", *args]) == 2
+    assert main(["run", "model.weights=random", "progress=false", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert expect in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -85,3 +105,23 @@ def test_sweep_runs_every_point(tmp_path: Path) -> None:
     assert main(["run", "-m", "k=0,2", *TINY, f"hydra.sweep.dir={tmp_path}"]) == 0
     ks = sorted(pd.read_parquet(tmp_path / d / "results.parquet").k.iloc[0] for d in "01")
     assert ks == [0.0, 2.0]
+
+
+def test_sweep_without_m_runs_every_point(tmp_path: Path) -> None:
+    assert main(["run", "k=0,2", *TINY, "figures=false", f"hydra.sweep.dir={tmp_path}"]) == 0
+    assert sorted(pd.read_parquet(tmp_path / d / "results.parquet").k.iloc[0]
+                  for d in "01") == [0.0, 2.0]
+
+
+def test_a_bad_point_of_a_sweep_stops_it_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "-m", "k=0,-2", *TINY, f"hydra.sweep.dir={tmp_path}"]) == 2
+    assert "k must be a finite number >= 0, got -2" in capsys.readouterr().err
+    assert not tmp_path.exists() or not list(tmp_path.rglob("results.parquet"))
+
+
+def test_the_schema_document_is_current() -> None:
+    doc = Path(__file__).parents[1] / "docs" / "results.md"
+    assert doc.read_text() == markdown(), "regenerate: python -m ifv.results > docs/results.md"
+    for column in RESULTS:
+        assert f"| `{column}` |" in doc.read_text()

@@ -120,17 +120,13 @@ def _densenet_layers(depth: int, growth: int, num_classes: int = 10) -> dict[str
     return {**dict(zip(names, ch, strict=True)), "pool": ch[-1], "classifier": num_classes}
 
 
-# smooth activations: see ifv/models/densenet.py for why the stand-ins need them
+# the DenseNet stand-ins: DenseNet-BC-22 with Softplus for ReLU (why: docs/stand-ins.md)
 _OFFLINE_DN = {"depth": 22, "growth": 12, "num_classes": 10, "activation": "softplus"}
 
-# GoogLeNet on the pattern classes at 64 px, 6000 images x 3 epochs (about 3 minutes on 2
-# CPU cores). Smooth (Softplus, average pooling) with inception4c tapped before its
-# activation: see ifv/models/googlenet.py. The learning rate is low on purpose: training
-# collapses inception4c's 512 channels onto a few input directions, and a high rate does so
-# within one epoch. Measured at FV realizations (8 targets, 200 + 200 steps): the median
-# singular value of Z_2 Dy relative to the largest was 4e-4 after lr 0.02 (99.9% accuracy)
-# and 5e-2 after lr 0.001 (98.7%); Grad-IFV's median angle at all 512 channels fell from
-# 90 to 9 degrees (feature responses 51).
+# The GoogLeNet stand-in: the pattern classes at 64 px, 6000 images x 3 epochs. Smooth
+# (Softplus, average pooling) with inception4c tapped before its activation (see
+# ifv/models/googlenet.py). The learning rate is low on purpose: a high one collapses
+# inception4c's 512 channels onto a few input directions. Measurements: docs/stand-ins.md.
 _GN_OFFLINE_SIZE = 64
 _GN_OFFLINE_RECIPE = Recipe(n_train=6000, epochs=3, lr=0.001)
 _OFFLINE_GN = {"num_classes": 10, "init_weights": True, "activation": "softplus",
@@ -138,9 +134,8 @@ _OFFLINE_GN = {"num_classes": 10, "init_weights": True, "activation": "softplus"
 
 # The classifier's weight matrix is decayed strongly (the rest at 1e-4) so that the Ex4
 # network's class-4 row dies within 3 epochs, as the critical-space experiment (Sec. 3.5)
-# needs: with 1e-4 it kept 0.67 of a typical row's norm (e_4 56 degrees from the near-null
-# space of Dy), with 0.5 about 0.09 (5 degrees); DNcl gets the same recipe so that the pair
-# differs only in the class-4 data, as in the paper.
+# needs. DNcl gets the same recipe, so that the pair differs only in the class-4 data, as in
+# the paper. Measurements: docs/stand-ins.md.
 _OFFLINE_DN_RECIPE = Recipe(classifier_weight_decay=0.5)
 
 # Huang et al. 2017 / Sec. 3.1: SGD with Nesterov momentum 0.9, batch 64, weight decay 1e-4,
@@ -224,7 +219,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     # SRNet (Weiss et al. 2019): 10 residual blocks of 64 filters as in FRVSR's SRNet; the
     # offline stand-in keeps them (so block8 has the paper's 64 filters) and narrows only
-    # the layers at 2x and 4x resolution, which dominate the CPU time (see ifv/models/srnet.py)
+    # the layers at 2x and 4x resolution, which dominate the CPU time (docs/stand-ins.md)
     "srnet_geometry": ModelSpec(
         name="srnet_geometry",
         tier="offline",

@@ -1,0 +1,366 @@
+"""One validated setting: a network, its tapped layer and features, the aggregation, the
+parametrization P and the power k of S_x (Sec. 2), and the sizes of a run (Sec. 3.2, 3.4).
+
+``Setting`` is what ``ifv run``, ``ifv invert``, ``ifv.visualize`` and ``ifv.invert`` share:
+it checks every value once, with one message each, and ``Setting.bind`` turns it into the
+response N~ = Agg o N o P. An offline stand-in missing from the model cache is trained
+there, once, with a progress bar, wherever it is asked for (the one provisioning policy).
+``Experiment`` adds what ``ifv run`` needs beyond the setting: targets, FV and
+re-optimization sizes, Algorithm 1's options, the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ifv.errors import UserError
+from ifv.fv import FVSettings
+from ifv.jacobian import METHODS
+from ifv.models import check_layer, get_spec, load
+from ifv.models.registry import ModelSpec
+from ifv.objective import AGGREGATIONS, Response, tap
+from ifv.param import PARAMS, Parametrization, make_param
+
+Model = str | nn.Module
+Features = int | str | Sequence[int]
+Param = str | Mapping[str, Any]
+Log = Callable[[str], None]
+
+CANONICAL = ("half", "all")
+ORDERS = ("sequential", "pairwise", "random:SEED")
+
+
+def choice(key: str, value: Any, valid: Sequence[str]) -> str:
+    """``value`` if it is one of ``valid``, else a ``UserError`` that lists them."""
+    if not isinstance(value, str) or value not in valid:
+        raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def count(key: str, value: Any, low: int = 0) -> int:
+    """An integer >= ``low`` (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def number(key: str, value: Any, *, low: float = 0.0, strict: bool = False) -> float:
+    """A finite number >= ``low`` (> ``low`` with ``strict``)."""
+    ok = (not isinstance(value, bool) and isinstance(value, int | float)
+          and math.isfinite(value) and (value > low if strict else value >= low))
+    if not ok:
+        raise UserError(f"{key} must be a finite number {'>' if strict else '>='} {low:g}, "
+                        f"got {value!r}")
+    return float(value)
+
+
+def _selection(features: Any) -> int | str | tuple[int, ...]:
+    """A feature selection: the first N channels, ``"all"``, or explicit indices."""
+    bad = UserError(f"features must be a positive number, a list of indices or all, got "
+                    f"{features!r}")
+    if isinstance(features, str):
+        if features != "all":
+            raise bad
+        return features
+    if isinstance(features, bool):
+        raise bad
+    if isinstance(features, int):
+        if features < 1:
+            raise bad
+        return features
+    try:
+        return tuple(int(i) for i in features)
+    except (TypeError, ValueError):
+        raise bad from None
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A setting bound to its network: N~ = Agg o N o P and what it selects.
+
+    ``response``: v (B, *param.shape) -> y (B, n_f); ``features``: the n_f channel indices;
+    ``n_channels``: the channels of the tapped layer.
+    """
+
+    setting: Setting
+    network: nn.Module
+    param: Parametrization
+    response: Response
+    features: list[int]
+    n_channels: int
+
+    @property
+    def n_f(self) -> int:
+        return len(self.features)
+
+    def like(self) -> Tensor:
+        """An empty tensor with the network's dtype and device."""
+        p = next(iter(self.network.parameters()), None)
+        return torch.empty(0) if p is None else p.new_empty(0)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The validated setting (build it with ``Setting.make`` or ``Setting.from_config``).
+
+    ``spec`` is the zoo entry (None for a user's ``module``); ``selection`` the first N
+    channels, ``"all"`` or explicit indices; ``param`` P's name and options; ``size`` the
+    input's (H, W) where known (a zoo model's, or given for a module).
+    """
+
+    spec: ModelSpec | None
+    module: nn.Module | None
+    layer: str
+    selection: int | str | tuple[int, ...]
+    aggregation: str
+    param: dict[str, Any]
+    k: float
+    size: tuple[int, int] | None
+    weights: str | None = None
+    cache_dir: str | None = None
+    download: bool = False
+
+    @classmethod
+    def make(cls, model: Model = "densenet_patterns", layer: str = "dense3",
+             features: Features = 64, aggregation: str = "maxpool_mean", k: float = 2,
+             param: Param = "rgb", *, weights: str | None = None,
+             cache_dir: str | Path | None = None, download: bool = False,
+             train: Mapping[str, Any] | None = None,
+             size: Sequence[int] | None = None) -> Setting:
+        """Validate everything that needs no network; raise ``UserError`` with what is valid.
+
+        ``model``: a zoo name (``ifv list``) or an ``nn.Module`` in eval mode; ``train``:
+        recipe overrides of a zoo model (a different checkpoint).
+        """
+        choice("aggregation", aggregation, AGGREGATIONS)
+        k = number("k", k)
+        options = dict(param) if isinstance(param, Mapping) else {"name": param}
+        choice("param", options.get("name"), PARAMS)
+        for key, value in options.items():  # P's options are sizes and powers
+            if key != "name":
+                number(f"param.{key}", value)
+        selection = _selection(features)
+        if size is not None:
+            size = (count("size[0]", int(size[0]), 1), count("size[1]", int(size[1]), 1))
+        if isinstance(model, nn.Module):
+            if model.training:
+                raise UserError("the model is in training mode; call model.eval() first "
+                                "(samples must not interact through batch statistics)")
+            return cls(None, model, layer, selection, aggregation, options, k, size)
+        spec = get_spec(str(model)).with_recipe(**dict(train or {}))
+        channels = spec.layers.get(layer, 0)
+        check_layer(spec, layer, channels if selection == "all" else selection)
+        if size is not None and size != spec.input_size:
+            raise UserError(f"{spec.name} takes {spec.input_size[0]}x{spec.input_size[1]} "
+                            f"inputs, got size={size}")
+        if weights is not None and str(weights) != "random" and not Path(
+                weights).expanduser().is_file():
+            raise UserError(f"no weights file {weights} (model.weights of {spec.name})")
+        setting = cls(spec, None, layer, selection, aggregation, options, k, spec.input_size,
+                      weights=None if weights is None else str(weights),
+                      cache_dir=None if cache_dir is None else str(cache_dir),
+                      download=bool(download))
+        setting.parametrization()  # P's options, checked before any work
+        return setting
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Setting:
+        """The setting of a composed config (``ifv.config``): model.*, layer, features.*,
+        aggregation.name, param, k."""
+        m = cfg.model
+        features = cfg.features.indices if cfg.features.indices is not None else cfg.features.n
+        return cls.make(m.name, cfg.layer, _plain(features), cfg.aggregation.name, cfg.k,
+                        _plain(cfg.param), weights=m.weights, cache_dir=m.cache_dir,
+                        download=m.download, train=_plain(m.train))
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name if self.spec is not None else type(self.module).__name__
+
+    def features(self, channels: int) -> list[int]:
+        """The channel indices the selection picks from a layer of ``channels``."""
+        spec = self.spec or ModelSpec(name=self.model_name, tier="user", arch="user",
+                                      arch_kwargs={}, input_size=(0, 0),
+                                      layers={self.layer: channels})
+        sel = self.selection
+        return check_layer(spec, self.layer, channels if sel == "all" else
+                           list(sel) if isinstance(sel, tuple) else sel)
+
+    def parametrization(self, size: tuple[int, int] | None = None) -> Parametrization:
+        """P at the input size (the setting's, else ``size``)."""
+        h, w = self.size or size or (0, 0)
+        if not h:
+            raise UserError("a model given as nn.Module needs size=(H, W) of its input")
+        opts = {k: v for k, v in self.param.items() if k != "name"}
+        try:
+            return make_param(self.param["name"], h, w, **opts)
+        except TypeError as exc:
+            raise UserError(f"invalid options for param {self.param['name']}: {exc}") from None
+
+    def network(self, *, progress: bool = True, log: Log = print) -> nn.Module:
+        """The network in eval mode: a zoo model is loaded (an offline stand-in missing from
+        the model cache is trained first, once); a module is returned as given."""
+        if self.module is not None:
+            return self.module
+        assert self.spec is not None
+        spec = self.spec
+        if (self.weights is None and spec.tier == "offline"
+                and not spec.checkpoint(self.cache_dir).exists()):
+            from ifv.train import train
+
+            log(f"model {spec.name} is not in the model cache: training it (once)")
+            rec = train(spec, self.cache_dir, progress=progress)
+            log(f"trained {spec.name} in {rec['train_seconds']:.0f} s -> {rec['checkpoint']}")
+        return load(spec, weights=self.weights, cache_dir=self.cache_dir,
+                    download=self.download)
+
+    def bind(self, size: tuple[int, int] | None = None, *, progress: bool = True,
+             log: Log = print) -> Bound:
+        """The response N~ of this setting on its network (``size``: a module's input)."""
+        p = self.parametrization(size)
+        net = self.network(progress=progress, log=log)
+        channels = (self.spec.layers[self.layer] if self.spec is not None
+                    else _probe(net, self.layer, p))
+        idx = self.features(channels)
+        response = Response(net, p, self.layer, idx, self.aggregation)
+        return Bound(self, net, p, response, idx, channels)
+
+    def model_key(self) -> dict[str, Any]:
+        """The identity of a zoo model's weights, for cache keys (a file by path, size and
+        modification time)."""
+        assert self.spec is not None
+        weights = self.weights
+        if weights and weights != "random":
+            path = Path(weights).expanduser()
+            stat = path.stat()
+            weights = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        return {"model": self.spec.name, "key": self.spec.key(), "weights": weights}
+
+
+def _probe(net: nn.Module, layer: str, param: Parametrization) -> int:
+    """The channels of ``layer`` of a user's module, from one forward pass of a grey input."""
+    if layer not in dict(net.named_modules()):
+        names = [n for n, _ in net.named_modules() if n]
+        raise UserError(f"the model has no layer {layer!r}; valid: {', '.join(names[:30])}"
+                        + (" ..." if len(names) > 30 else ""))
+    first = next(iter(net.parameters()), None)
+    like = torch.empty(0) if first is None else first
+    v0 = torch.zeros((1, *param.shape), dtype=like.dtype, device=like.device)
+    try:
+        with torch.no_grad():
+            a = tap(net, layer, param(v0))
+    except RuntimeError as exc:
+        why = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"the model cannot take P_{param.name}'s inputs of shape "
+                        f"{tuple(param(v0).shape[1:])}: {why}") from None
+    return int(a.shape[1]) if a.dim() >= 2 else 1
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain Python values (lists, dicts, scalars)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+@dataclass(frozen=True)
+class Critical:
+    """Algorithm 1's options (Sec. 2.2, 3.5): on the first ``n_jacobians`` Gram matrices,
+    a rho search (``rho`` None) or one rho, with a merge ``order``."""
+
+    search: bool = False
+    n_jacobians: int = 32
+    order: str = "sequential"
+    rho: float | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything one ``ifv run`` depends on: the setting and the run's sizes.
+
+    ``reopt`` is FV without L-BFGS from the realizations (Sec. 3.4); ``stable_ssim``: a
+    sample whose SSIM under its own target drops below it is unstable (Supp. S4).
+    """
+
+    name: str
+    setting: Setting
+    n_random: int
+    n_canonical: int
+    fv: FVSettings
+    reopt: FVSettings
+    stable_ssim: float
+    seed: int
+    jacobian_method: str = "loop"
+    jacobian_max_bytes: int = 1 << 30
+    critical: Critical = field(default_factory=Critical)
+
+    @property
+    def n_f(self) -> int:
+        return len(self.features)
+
+    @property
+    def features(self) -> list[int]:
+        s = self.setting
+        assert s.spec is not None
+        return s.features(s.spec.layers[s.layer])
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Experiment:
+        """Validate a composed config (``ifv.config.compose``) into an ``Experiment``;
+        loads nothing."""
+        setting = Setting.from_config(cfg)
+        n_f = len(setting.features(setting.spec.layers[setting.layer]))  # type: ignore[union-attr]
+        n_total = count("sampling.n_total", cfg.sampling.n_total, 1)
+        n_canonical = _n_canonical(cfg.sampling.canonical, n_total, n_f)
+        f, r = cfg.fv, cfg.reopt
+        fv = FVSettings(adam_steps=count("fv.adam_steps", f.adam_steps),
+                        adam_lr=number("fv.adam_lr", f.adam_lr, strict=True),
+                        lbfgs_steps=count("fv.lbfgs_steps", f.lbfgs_steps),
+                        history=count("fv.history", f.history, 1),
+                        tol=number("fv.tol", f.tol),
+                        batch_size=count("fv.batch_size", f.batch_size, 1))
+        reopt = FVSettings(adam_steps=count("reopt.steps", r.steps),
+                           adam_lr=number("reopt.lr", r.lr, strict=True), lbfgs_steps=0,
+                           batch_size=count("reopt.batch_size", r.batch_size, 1))
+        c = cfg.critical
+        rho = c.rho
+        if rho is not None and not (number("critical.rho", rho) and 0 < rho < 1):
+            raise UserError(f"critical.rho must be in (0, 1) or null (search), got {rho!r}")
+        order = str(c.order)
+        if order not in ORDERS[:2] and not order.startswith("random:"):
+            raise UserError(f"unknown critical.order {order!r}; valid: {', '.join(ORDERS)}")
+        critical = Critical(search=bool(c.search),
+                            n_jacobians=count("critical.n_jacobians", c.n_jacobians, 2),
+                            order=order, rho=None if rho is None else float(rho))
+        return cls(name=str(cfg.name), setting=setting, n_random=n_total - n_canonical,
+                   n_canonical=n_canonical, fv=fv, reopt=reopt,
+                   stable_ssim=number("reopt.stable_ssim", r.stable_ssim),
+                   seed=count("seed", cfg.seed),
+                   jacobian_method=choice("jacobian.method", cfg.jacobian.method, METHODS),
+                   jacobian_max_bytes=count("jacobian.max_bytes", cfg.jacobian.max_bytes, 1),
+                   critical=critical)
+
+
+def _n_canonical(canonical: Any, n_total: int, n_f: int) -> int:
+    """Canonical targets among ``n_total``: ``half``, ``all`` (each e_i once) or a number."""
+    if canonical == "half":
+        return n_total // 2
+    if canonical == "all":
+        n = n_f
+    elif isinstance(canonical, int) and not isinstance(canonical, bool) and canonical >= 0:
+        n = canonical
+    else:
+        raise UserError(f"sampling.canonical must be half, all or a number >= 0, got "
+                        f"{canonical!r}")
+    if n > n_total:
+        raise UserError(f"{n} canonical targets do not fit in sampling.n_total={n_total}")
+    return n
