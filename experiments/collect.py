@@ -30,7 +30,7 @@ from ifv.results import CONFIG
 from ifv.store import atomic_write
 
 DEFAULT_DIRS = ("outputs", "multirun")
-REQUIRED = (*CONFIG, "sample", "critical_dim", "angle_pred", "best_space")
+REQUIRED = (*CONFIG, "sample", "finite", "critical_dim", "angle_pred", "best_space")
 
 
 @dataclass
@@ -81,6 +81,10 @@ def find_runs(roots: Sequence[Path], log: Callable[[str], None]) -> list[Run]:
             log(f"skipped {path}: unreadable results ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''})")
             continue
+        bad = int((~frame["finite"]).sum())
+        if bad:
+            log(f"{path}: {bad} rows flagged non-finite (finite=false), left out of the "
+                "figures and the report")
         critical = None
         crit_path = path.parent / "critical.parquet"
         if crit_path.is_file():

@@ -51,12 +51,14 @@ class Results:
         return (self.root / f"{exp}.parquet").is_file()
 
     def frame(self, exp: str) -> pd.DataFrame:
-        """All rows of ``exp``; raises ``NotRun`` if it was not collected."""
+        """The rows of ``exp`` (samples flagged non-finite left out, as the pipeline's
+        medians leave them out); raises ``NotRun`` if it was not collected."""
         if exp not in self._frames:
             path = self.root / f"{exp}.parquet"
             if not path.is_file():
                 raise NotRun(exp)
-            self._frames[exp] = pd.read_parquet(path)
+            df = pd.read_parquet(path)
+            self._frames[exp] = df[df["finite"]].reset_index(drop=True)
         return self._frames[exp]
 
     def best(self, exp: str) -> pd.DataFrame:

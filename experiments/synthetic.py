@@ -53,6 +53,7 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
            "n_p": n_p}
     samples = {
         "sample": sample, "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
+        "finite": np.ones(n, dtype=bool),
         "angle_response": _spread(angle_response, n, 10.0),
         "angle_random": _spread(angle_random, n, 5.0).clip(0.0, 90.0),
         "alpha": [alpha.copy() for _ in sample],

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 from ifv.config import CONF, choices, compose, one_line, open_train
 from ifv.errors import UserError
+from ifv.store import StageCache, check_writable
 
 USAGE = """\
 usage: ifv COMMAND [hydra overrides]
@@ -160,8 +161,12 @@ def cmd_run(args: list[str]) -> int:
                   + "; ".join(f"{k} = {v.replace(',', ', ')}" for k, v in carried.items())
                   + f" (tier {cfg.tier}, profile {cfg.profile_name}): "
                   f"{n_jobs} points, Hydra multirun")
-        if n_jobs > 1 or carried:
+        multirun = n_jobs > 1 or bool(carried) or any(a in ("-m", "--multirun") for a in args)
+        if multirun:
             args = ["-m", *[a for a in args if a not in ("-m", "--multirun")]]
+        check_writable(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir,
+                       "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        check_writable(StageCache(cfg.stage_cache).root, "stage_cache")
     main = hydra.main(config_path=str(CONF), config_name="config", version_base=None)(_run_task)
     sys.argv = ["ifv run", *open_train(args)]
     main()
@@ -270,6 +275,7 @@ def cmd_invert(args: list[str]) -> int:
     top = count("invert.top", inv.top, 1)
     if inv.critical_dim is not None:
         count("invert.critical_dim", inv.critical_dim, 1)
+    check_writable(Path(inv.out).expanduser().parent, "the folder of invert.out")
     res = invert_setting(images, Setting.from_config(cfg), inv.critical,
                          critical_dim=inv.critical_dim, input=inv.input,
                          method=cfg.jacobian.method, progress=cfg.progress)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -169,42 +170,63 @@ def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, hist
     return v.reshape(shape), iters
 
 
+class BatchStore(Protocol):
+    """Where ``realize`` keeps finished batches so that a rerun resumes (``ifv.store.Parts``)."""
+
+    def load(self, start: int, stop: int) -> dict[str, Tensor] | None: ...
+
+    def save(self, start: int, stop: int, out: dict[str, Tensor]) -> None: ...
+
+
 def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FVSettings(), *,
             init: Callable[[int, torch.Generator], Tensor] | None = None,
             v0: Tensor | None = None, seed: int = 0, progress: bool = True,
-            desc: str = "FV") -> FVResult:
+            desc: str = "FV", store: BatchStore | None = None) -> FVResult:
     """Realizations I* = P(v*) of the targets x (N, n_f), Opt. (1) with S_x of Sec. 2: the
     one FV entry point.
 
     Starts from ``init(n, generator)`` (seeded by ``seed``) or from given parameters ``v0``
     (N, *shape); re-optimization (Sec. 3.4) is FV from the realizations with
-    ``lbfgs_steps=0``. Batches of ``settings.batch_size``.
+    ``lbfgs_steps=0``. Batches of ``settings.batch_size``, each optimized by itself: with a
+    ``store``, a batch found there is taken as it is and each new one is saved, so an
+    interrupted call resumes with the same result. ``seconds`` adds the batches' own times.
     """
     if (init is None) == (v0 is None):
         raise ValueError("realize needs exactly one of init and v0")
-    t0 = time.perf_counter()
     n = x.shape[0]
     v0 = v0.detach().clone() if v0 is not None else init(n, torch.Generator().manual_seed(seed))
     x = x.to(v0.dtype)
     per_batch = settings.adam_steps + settings.lbfgs_steps
     nb = -(-n // settings.batch_size)
     bar = tqdm(total=nb * per_batch, desc=desc, disable=not progress, unit="step", leave=False)
-    out_v, out_iters = [], []
+    out_v, out_iters, seconds = [], [], 0.0
     for start in range(0, n, settings.batch_size):
-        sl = slice(start, start + settings.batch_size)
-        vb = adam(response, v0[sl], x[sl], k, settings.adam_steps, settings.adam_lr, bar)
-        it = torch.zeros(vb.shape[0], dtype=torch.long)
-        if settings.lbfgs_steps:
+        stop = min(start + settings.batch_size, n)
+        done = store.load(start, stop) if store is not None else None
+        if done is None:
+            t0 = time.perf_counter()
             before = bar.n
-            vb, it = lbfgs(response, vb, x[sl], k, settings.lbfgs_steps, settings.history,
-                           settings.tol, bar)
-            bar.update(settings.lbfgs_steps - (bar.n - before))
-        out_v.append(vb)
-        out_iters.append(it)
+            vb = adam(response, v0[start:stop], x[start:stop], k, settings.adam_steps,
+                      settings.adam_lr, bar)
+            it = torch.zeros(vb.shape[0], dtype=torch.long)
+            if settings.lbfgs_steps:
+                vb, it = lbfgs(response, vb, x[start:stop], k, settings.lbfgs_steps,
+                               settings.history, settings.tol, bar)
+            done = {"v": vb, "iters": it,
+                    "seconds": torch.tensor(time.perf_counter() - t0, dtype=torch.float64)}
+            bar.update(per_batch - (bar.n - before))
+            if store is not None:
+                store.save(start, stop, done)
+        else:
+            bar.update(per_batch)
+        out_v.append(done["v"])
+        out_iters.append(done["iters"])
+        seconds += float(done["seconds"])
     bar.close()
+    t0 = time.perf_counter()
     v = torch.cat(out_v)
     f, grad = _loss_grad(response, v, x, k)
     with torch.no_grad():
         y = response(v)
     return FVResult(v=v, y=y.detach(), loss=f, grad_norm=grad.flatten(1).norm(dim=1),
-                    iters=torch.cat(out_iters), seconds=time.perf_counter() - t0)
+                    iters=torch.cat(out_iters), seconds=seconds + time.perf_counter() - t0)

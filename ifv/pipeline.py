@@ -37,9 +37,9 @@ from ifv.metrics import (
 from ifv.results import critical_frame, results_frame
 from ifv.sampling import hoyer, sample_targets
 from ifv.setting import Experiment
-from ifv.store import StageCache, atomic_write, content_key
+from ifv.store import Parts, StageCache, atomic_write, check_writable, content_key
 
-STAGE_VERSION = {"realizations": 1, "jacobian": 1, "reopt": 2}
+STAGE_VERSION = {"realizations": 2, "jacobian": 2, "reopt": 3}
 # realizations kept as images (images.npz) for Fig. 4 and the difference maps of Fig. S2
 N_IMAGES = 16
 
@@ -50,7 +50,9 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     """Run one experiment; writes results.parquet, critical.parquet and images.npz into
     ``out_dir``, and with ``figures`` the run's PNGs. Returns results.parquet's frame."""
     out_dir = Path(out_dir)
-    cache = StageCache(stage_cache)
+    cache = StageCache(stage_cache, log)
+    check_writable(out_dir, "the run's output folder")
+    check_writable(cache.root, "stage_cache")
     s = exp.setting
     assert s.spec is not None
     model_key = s.model_key()
@@ -58,8 +60,8 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     response, param, features = bound.response, bound.param, bound.features
 
     def stage(name: str, key: dict[str, Any],
-              compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        return cache.get_or_compute(name, STAGE_VERSION[name], key, compute, log)
+              compute: Callable[[Parts], dict[str, Any]]) -> dict[str, Any]:
+        return cache.get_or_compute(name, STAGE_VERSION[name], key, compute)
 
     # targets (Supp. S2): cheap and deterministic, recomputed
     x, canonical = sample_targets(exp.n_random, exp.n_canonical, bound.n_f, exp.seed)
@@ -70,50 +72,77 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
                 "aggregation": s.aggregation, "k": s.k, "param": s.param,
                 "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": asdict(exp.fv)}
 
-    def realizations() -> dict[str, Any]:
+    def realizations(parts: Parts) -> dict[str, Any]:
         r = realize(response, x, s.k, exp.fv, init=param.init, seed=exp.seed,
-                    progress=progress, desc="FV realizations")
+                    progress=progress, desc="FV realizations", store=parts)
         return {"v": r.v, "loss": r.loss, "grad_norm": r.grad_norm, "iters": r.iters,
                 "seconds": r.seconds}
 
     real = stage("realizations", real_key, realizations)
     v = real["v"]
 
-    def jacobians() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        y, gram = response_and_gram(response, v, method=exp.jacobian_method,
-                                    max_bytes=exp.jacobian_max_bytes, progress=progress)
-        return {"y": y, "gram": gram, "seconds": time.perf_counter() - t0}
+    def jacobians(parts: Parts) -> dict[str, Any]:
+        done = []
+        for start in range(0, n, exp.fv.batch_size):  # FV's batches: a part each
+            stop = min(start + exp.fv.batch_size, n)
+            part = parts.load(start, stop)
+            if part is None:
+                t0 = time.perf_counter()
+                y, gram = response_and_gram(response, v[start:stop],
+                                            method=exp.jacobian_method,
+                                            max_bytes=exp.jacobian_max_bytes, progress=progress)
+                part = {"y": y, "gram": gram, "seconds": time.perf_counter() - t0}
+                parts.save(start, stop, part)
+            done.append(part)
+        return {"y": torch.cat([p["y"] for p in done]),
+                "gram": torch.cat([p["gram"] for p in done]),
+                "seconds": sum(float(p["seconds"]) for p in done)}
 
     jac = stage("jacobian", {"realizations": real_key}, jacobians)
-    y, gram = jac["y"], jac["gram"]
+    finite = (torch.isfinite(v.flatten(1)).all(1) & torch.isfinite(jac["y"]).all(1)
+              & torch.isfinite(jac["gram"].flatten(1)).all(1))
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        log(f"warning: {len(bad)} of {n} samples have non-finite FV or Jacobian values "
+            f"(samples {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}): "
+            "flagged finite=false in results.parquet and left out of the medians")
+    # the algebra below runs on finite stand-ins for those samples; their results are NaN
+    y = torch.where(finite[:, None], jac["y"], torch.ones_like(jac["y"]))
+    gram = torch.where(finite[:, None, None], jac["gram"],
+                       torch.eye(bound.n_f, dtype=jac["gram"].dtype))
 
-    spaces = critical_candidates(exp, gram, log)
+    spaces = critical_candidates(exp, gram[finite], log)
     t0 = time.perf_counter()
     preds = [solve(y, gram, s.k, sp.basis)[0] for sp in spaces]
     t_pred = (time.perf_counter() - t0) / len(spaces)
     x_rand = random_objective(n, bound.n_f, torch.Generator().manual_seed(exp.seed + 1))
-    objectives = {"target": x, "response": unit(y), "random": x_rand,
+    objectives = {"target": x, "response": unit(jac["y"]), "random": x_rand,
                   **{f"pred{i}": p for i, p in enumerate(preds)}}
     reopt_key = {"realizations": real_key, "steps": exp.reopt.adam_steps,
                  "lr": exp.reopt.adam_lr, "batch": exp.reopt.batch_size,
                  "random_seed": exp.seed + 1,
                  "preds": content_key([p.numpy().round(10).tolist() for p in preds])}
 
-    def reoptimizations() -> dict[str, Any]:
-        t0 = time.perf_counter()
+    def reoptimizations(parts: Parts) -> dict[str, Any]:
         names = list(objectives)
         x_all = torch.cat([objectives[o] for o in names])
         v_all = v.repeat(len(names), *([1] * (v.dim() - 1)))
-        moved = realize(response, x_all, s.k, exp.reopt, v0=v_all, progress=progress,
-                        desc="re-opt").v.split(len(v))
+        r = realize(response, x_all, s.k, exp.reopt, v0=v_all, progress=progress,
+                    desc="re-opt", store=parts)
+        t0 = time.perf_counter()
         before = param.render(v)
-        after = {o: param.render(m) for o, m in zip(names, moved, strict=True)}
+        after = {o: param.render(m) for o, m in zip(names, r.v.split(len(v)), strict=True)}
         return {**{f"ssim_{o}": ssim(before, a) for o, a in after.items()},
                 **{f"after_{o}": a[:N_IMAGES].half() for o, a in after.items()},
-                "seconds": time.perf_counter() - t0}
+                "seconds": r.seconds + time.perf_counter() - t0}
 
     re = stage("reopt", reopt_key, reoptimizations)
+
+    def flagged(a: Tensor) -> np.ndarray:
+        """``a`` (N, ...) with NaN for the samples that are not finite."""
+        a = a.double().clone()
+        a[~finite] = float("nan")
+        return a.numpy()
 
     spec = s.spec
     run_values = {"experiment": exp.name, "model": spec.name, "tier": spec.tier,
@@ -125,14 +154,15 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
         "sample": np.arange(n),
         "canonical": canonical.numpy(),
         "hoyer": hoyer(x).numpy(),
-        "angle_response": angular_distance(x, y).numpy(),
+        "finite": finite.numpy(),
+        "angle_response": angular_distance(x, jac["y"]).numpy(),
         "angle_random": angular_distance(x, x_rand).numpy(),
-        "alpha": list(alpha_coefficients(x, y, gram, s.k).numpy()),
+        "alpha": list(flagged(alpha_coefficients(x, y, gram, s.k))),
         "ssim_target": re["ssim_target"].numpy(),
         "ssim_response": re["ssim_response"].numpy(),
         "ssim_random": re["ssim_random"].numpy(),
         "stable": (re["ssim_target"] >= exp.stable_ssim).numpy(),
-        "rel_residual": relative_residual(x, y, gram, s.k).numpy(),
+        "rel_residual": flagged(relative_residual(x, y, gram, s.k)),
         "grad_norm": real["grad_norm"].double().numpy(),
         "lbfgs_iters": real["iters"].numpy(),
         "t_fv": real["seconds"] / n,
@@ -140,13 +170,13 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
         "t_predict": t_pred / n,
         "t_reopt": re["seconds"] / n,
         "target": list(x.numpy()),
-        "response": list(y.numpy()),
+        "response": list(jac["y"].numpy()),
     }
     per_space = [{"critical_dim": sp.dim, "rho_min": sp.rho_min, "rho_max": sp.rho_max,
-                  "angle_pred": projected_angle(x, x_pred, y, s.k, sp.basis).numpy(),
-                  "crit_fraction": critical_fraction(x, y, s.k, sp.basis).numpy(),
+                  "angle_pred": flagged(projected_angle(x, x_pred, y, s.k, sp.basis)),
+                  "crit_fraction": flagged(critical_fraction(x, y, s.k, sp.basis)),
                   "ssim_pred": re[f"ssim_pred{i}"].numpy(),
-                  "prediction": list(x_pred.numpy())}
+                  "prediction": list(flagged(x_pred))}
                  for i, (sp, x_pred) in enumerate(zip(spaces, preds, strict=True))]
     df = results_frame(run_values, samples, per_space)
     crit = critical_frame(df, {sp.dim: list(sp.complement.T.numpy()) for sp in spaces})
@@ -202,8 +232,14 @@ def critical_candidates(exp: Experiment, gram: Tensor, log: Callable[[str], None
 
 
 def summary(df: pd.DataFrame) -> str:
-    """A few lines: median angles and SSIMs (Sec. 3.4), per critical space where several."""
+    """A few lines: median angles and SSIMs (Sec. 3.4), per critical space where several;
+    samples with non-finite values are left out, with a line that says so."""
     lines = []
+    bad = int((~df.loc[df.best_space, "finite"]).sum())
+    if bad:
+        lines.append(f"warning: {bad} samples with non-finite FV or Jacobian values are left "
+                     "out of the medians (finite=false in results.parquet)")
+    df = df[df.finite]
     if df.critical_dim.nunique() > 1:
         for dim, sub in df.groupby("critical_dim", sort=False):
             lines.append(f"critical space dim {dim}: median angle {sub.angle_pred.median():.1f} "
@@ -213,7 +249,7 @@ def summary(df: pd.DataFrame) -> str:
     med = df.median(numeric_only=True)
     can, rnd = df[df.canonical], df[~df.canonical]
     lines += [
-        f"samples: {len(df)} ({int(df.canonical.sum())} canonical), "
+        f"samples: {len(df) + bad} ({int(df.canonical.sum())} canonical), "
         f"stable: {int(df.stable.sum())}",
         f"median angle to target [deg]: predicted {med.angle_pred:.1f} "
         f"(canonical {can.angle_pred.median():.1f}, sampled {rnd.angle_pred.median():.1f}), "

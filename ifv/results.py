@@ -38,6 +38,8 @@ SAMPLE: dict[str, str] = {
     "sample": "index of the target in the run",
     "canonical": "true for a canonical target e_i (Supp. S2)",
     "hoyer": "Hoyer sparseness of the target (Supp. S2)",
+    "finite": "false where the realization, y or G holds NaN or infinite values: the "
+              "sample's results are NaN and it is left out of the medians",
     "angle_response": "angle between the target and the feature response y",
     "angle_random": "angle between the target and a random objective",
     "alpha": "alpha_j: squared coefficients of the target in the left-singular vectors of "

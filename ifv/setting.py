@@ -27,6 +27,7 @@ from ifv.models import check_layer, get_spec, load
 from ifv.models.registry import ModelSpec
 from ifv.objective import AGGREGATIONS, Response, tap
 from ifv.param import PARAMS, Parametrization, make_param
+from ifv.store import check_writable
 
 Model = str | nn.Module
 Features = int | str | Sequence[int]
@@ -168,6 +169,8 @@ class Setting:
                       cache_dir=None if cache_dir is None else str(cache_dir),
                       download=bool(download))
         setting.parametrization()  # P's options, checked before any work
+        if weights is None and spec.tier == "offline" and not spec.checkpoint(cache_dir).exists():
+            check_writable(spec.checkpoint(cache_dir).parent, "the model cache")  # to train
         return setting
 
     @classmethod
@@ -211,13 +214,18 @@ class Setting:
             return self.module
         assert self.spec is not None
         spec = self.spec
-        if (self.weights is None and spec.tier == "offline"
-                and not spec.checkpoint(self.cache_dir).exists()):
+        checkpoint = spec.checkpoint(self.cache_dir)
+        if self.weights is None and spec.tier == "offline" and not checkpoint.exists():
+            from filelock import FileLock
+
             from ifv.train import train
 
-            log(f"model {spec.name} is not in the model cache: training it (once)")
-            rec = train(spec, self.cache_dir, progress=progress)
-            log(f"trained {spec.name} in {rec['train_seconds']:.0f} s -> {rec['checkpoint']}")
+            with FileLock(f"{checkpoint}.lock"):  # one process trains, the others wait
+                if not checkpoint.exists():
+                    log(f"model {spec.name} is not in the model cache: training it (once)")
+                    rec = train(spec, self.cache_dir, progress=progress)
+                    log(f"trained {spec.name} in {rec['train_seconds']:.0f} s -> "
+                        f"{rec['checkpoint']}")
         return load(spec, weights=self.weights, cache_dir=self.cache_dir,
                     download=self.download)
 

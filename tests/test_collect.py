@@ -130,3 +130,16 @@ def test_empty_dir_and_a_run_without_the_schema_columns(
     assert "skipped" in out and "missing columns ['best_space']" in out
     got = pd.read_parquet(tmp_path / "r/exp02.parquet")
     assert got.groupby("critical_dim")["best_space"].all().to_dict() == {9: True, 10: False}
+
+
+def test_non_finite_samples_are_kept_in_the_table_and_left_out_of_the_results(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    df = synthetic.run_frame("exp13", n=6)
+    df.loc[df["sample"].isin([1, 4]), "finite"] = False
+    df.loc[~df["finite"], "angle_pred"] = np.nan
+    synthetic.write_run(tmp_path / "outputs/r", df)
+    assert main([str(tmp_path / "outputs"), "--out", str(tmp_path / "r")]) == 0
+    assert "2 rows flagged non-finite" in capsys.readouterr().out
+    assert len(pd.read_parquet(tmp_path / "r/exp13.parquet")) == 6  # nothing dropped on disk
+    kept = Results(tmp_path / "r").frame("exp13")
+    assert sorted(kept["sample"]) == [0, 2, 3, 5] and kept["angle_pred"].notna().all()

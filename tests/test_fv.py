@@ -52,3 +52,37 @@ def test_realize_is_deterministic_and_records_convergence(small_cnn: nn.Module) 
     assert a.v.shape == (3, 3, 8, 8) and a.y.shape == (3, 6)
     assert (a.grad_norm >= 0).all() and a.iters.shape == (3,)
     assert torch.allclose(a.loss, losses(response, a.v, x, 2).detach())
+
+
+class _Store:
+    """A BatchStore in memory that counts the batches computed and saved."""
+
+    def __init__(self, parts: dict[tuple[int, int], dict] | None = None) -> None:
+        self.parts = dict(parts or {})
+        self.saved: list[tuple[int, int]] = []
+
+    def load(self, start: int, stop: int) -> dict | None:
+        return self.parts.get((start, stop))
+
+    def save(self, start: int, stop: int, out: dict) -> None:
+        self.parts[(start, stop)] = out
+        self.saved.append((start, stop))
+
+
+def test_realize_resumes_from_its_stored_batches(small_cnn: nn.Module) -> None:
+    response, _, x = _setup(small_cnn)
+
+    def init(n: int, g: torch.Generator) -> torch.Tensor:
+        return 0.01 * torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64)
+
+    settings = FVSettings(adam_steps=10, lbfgs_steps=10, batch_size=2)
+    whole = _Store()
+    a = realize(response, x.double(), 2, settings, init=init, seed=5, progress=False,
+                store=whole)
+    assert whole.saved == [(0, 2), (2, 3)]
+    first = _Store({(0, 2): whole.parts[(0, 2)]})  # killed after the first batch
+    b = realize(response, x.double(), 2, settings, init=init, seed=5, progress=False,
+                store=first)
+    assert first.saved == [(2, 3)]  # only the missing batch is computed
+    assert torch.equal(a.v, b.v) and torch.equal(a.iters, b.iters)
+    assert torch.equal(a.grad_norm, b.grad_norm) and torch.equal(a.loss, b.loss)

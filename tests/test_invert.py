@@ -241,12 +241,17 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "weights": ([ok, "features.n=4", f"model.weights={tmp / 'none.pt'}"],
                     "no weights file"),
         "none": (["k=2"], "which images?"),
+        "out": ([ok, "invert.out=/proc/ifv/x.json"],
+                "cannot write the folder of invert.out /proc/ifv"),
+        "critical_dim": ([ok, f"invert.critical={crit}", "invert.critical_dim=0"],
+                         "invert.critical_dim must be an integer >= 1"),
     }
 
 
 @pytest.mark.parametrize("case", ["shape", "range", "unreadable", "missing", "format", "key",
                                   "value", "negative_k", "infinite_k", "top", "input",
-                                  "features", "n_f", "dim", "weights", "none"])
+                                  "features", "n_f", "dim", "weights", "none", "out",
+                                  "critical_dim"])
 def test_cli_user_errors_are_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -83,6 +83,22 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     (["model.nope=1"], "no key 'model.nope'; valid: model.name, model.weights"),
     (["model.weights=/no/such/file.pt"], "no weights file /no/such/file.pt"),
     (["features=64"], "unknown features '64'; valid: all"),
+    (["figures=maybe"], "invalid value for figures"),
+    (["model.download=maybe"], "invalid value for model.download"),
+    (["model.train.epochs=x"], "model.train.epochs must be of the kind of its default 3"),
+    (["model.train.nope=1"], "unknown training option(s) ['nope']"),
+    (["model.data.download=maybe"], "invalid value for model.data.download"),
+    (["features.indices=[a]"], "invalid value for features.indices"),
+    (["fv.history=0"], "fv.history must be an integer >= 1"),
+    (["fv.tol=-1"], "fv.tol must be a finite number >= 0"),
+    (["reopt.steps=-1"], "reopt.steps must be an integer >= 0"),
+    (["reopt.batch_size=0"], "reopt.batch_size must be an integer >= 1"),
+    (["reopt.stable_ssim=nan"], "reopt.stable_ssim must be a finite number"),
+    (["jacobian.max_bytes=0"], "jacobian.max_bytes must be an integer >= 1"),
+    (["critical.search=maybe"], "invalid value for critical.search"),
+    (["stage_cache=/proc/ifv"], "cannot write stage_cache /proc/ifv"),
+    (["hydra.run.dir=/proc/ifv"], "cannot write hydra.run.dir /proc/ifv"),
+    (["-m", "k=0,2", "hydra.sweep.dir=/proc/ifv"], "cannot write hydra.sweep.dir /proc/ifv"),
 ])
 def test_user_errors_are_one_line(args: list[str], expect: str,
                                   capsys: pytest.CaptureFixture) -> None:
@@ -125,3 +141,14 @@ def test_the_schema_document_is_current() -> None:
     assert doc.read_text() == markdown(), "regenerate: python -m ifv.results > docs/results.md"
     for column in RESULTS:
         assert f"| `{column}` |" in doc.read_text()
+
+
+def test_an_unwritable_model_cache_fails_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """densenet_patterns is missing from /proc/ifv: it would be trained, and cannot be."""
+    assert main(["run", "model.cache_dir=/proc/ifv", "progress=false",
+                 f"hydra.run.dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("ifv: error: cannot write the model cache /proc/ifv/models: "
+                   "No such file or directory; choose a folder that can be written")
+    assert not list(tmp_path.iterdir())

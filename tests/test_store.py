@@ -36,3 +36,21 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path: Path) -> Non
 def test_content_key_ignores_key_order() -> None:
     assert content_key({"a": 1, "b": [2, 3]}) == content_key({"b": [2, 3], "a": 1})
     assert content_key({"a": 1}) != content_key({"a": 2})
+
+
+def test_a_checked_entry_refuses_truncation_and_flipped_bits() -> None:
+    import torch
+
+    from ifv.store import Damaged, pack, unpack
+
+    obj = {"v": torch.arange(1000, dtype=torch.float64), "n": 3}
+    data = pack(obj)
+    got = unpack(data)
+    assert torch.equal(got["v"], obj["v"]) and got["n"] == 3
+    with pytest.raises(Damaged, match="truncated"):
+        unpack(data[:-5])
+    for i in (10, len(data) // 2, len(data) - 40):  # header, tensor data, digest
+        flipped = bytearray(data)
+        flipped[i] ^= 1
+        with pytest.raises(Damaged, match="checksum"):
+            unpack(bytes(flipped))

@@ -8,7 +8,7 @@ and recipe, so that changing the recipe never loads a stale checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,24 @@ class ModelSpec:
             raise UserError(f"unknown training option(s) {sorted(unknown)}; valid: "
                             f"{', '.join(asdict(self.recipe))}")
         changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        defaults = {f.name: f.default for f in fields(self.recipe)}
+        for key, value in changes.items():
+            if not _fits(value, defaults[key]):
+                raise UserError(f"model.train.{key} must be of the kind of its default "
+                                f"{defaults[key]!r}, got {value!r}")
         return replace(self, recipe=replace(self.recipe, **changes))
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether ``value`` can stand for a recipe field whose default is ``default`` (a number
+    for a float or None, else the default's own type; booleans only for booleans)."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if default is None:  # an optional number
+        return value is None or isinstance(value, int | float)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
 
 
 def _densenet_layers(depth: int, growth: int, num_classes: int = 10) -> dict[str, int]:

@@ -1,0 +1,134 @@
+"""Nothing lost: runs killed and resumed, damaged cache entries, two processes on one cache,
+NaN-producing targets. Faults are injected for real: SIGKILL through ``IFV_FAULT``
+(``ifv.store``), truncated and bit-flipped files, concurrent processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ifv.cli import main
+
+# three FV batches, three Jacobian parts, six re-optimization batches
+TINY = ["model.weights=random", "features.n=4", "sampling.n_total=6", "fv.adam_steps=10",
+        "fv.lbfgs_steps=5", "fv.batch_size=2", "reopt.steps=3", "reopt.batch_size=4",
+        "progress=false", "figures=false"]
+
+
+def _ifv(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``ifv`` in a process of its own (``fault``: IFV_FAULT, a SIGKILL point)."""
+    env = {k: v for k, v in os.environ.items() if k != "IFV_FAULT"}
+    if fault:
+        env["IFV_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "ifv.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def _frame(out: Path) -> pd.DataFrame:
+    df = pd.read_parquet(out / "results.parquet")
+    return df.drop(columns=[c for c in df if c.startswith("t_")])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    root = tmp_path_factory.mktemp("whole")
+    assert main(["run", *TINY, f"stage_cache={root / 'stages'}",
+                 f"hydra.run.dir={root / 'run'}"]) == 0
+    return _frame(root / "run")
+
+
+@pytest.mark.parametrize(("fault", "parts"), [
+    ("realizations.part:2", "realizations"),  # inside FV: after its second batch
+    ("realizations:1", None),                 # between stages: FV done, Jacobians not begun
+    ("jacobian.part:1", "jacobian"),          # inside the Jacobian stage
+    ("reopt.part:3", "reopt"),                # inside re-optimization
+])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(
+        fault: str, parts: str | None, tmp_path: Path, uninterrupted: pd.DataFrame,
+        capsys: pytest.CaptureFixture) -> None:
+    stages = tmp_path / "stages"
+    killed = _ifv(["run", *TINY, f"stage_cache={stages}", f"hydra.run.dir={tmp_path / 'a'}"],
+                  fault)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "a" / "results.parquet").exists()  # no partial output
+    if parts is not None:  # the finished batches were kept
+        count = int(fault.rsplit(":", 1)[1])
+        assert len(list((stages / parts).glob("*.parts/*.pt"))) == count
+    assert main(["run", *TINY, f"stage_cache={stages}", f"hydra.run.dir={tmp_path / 'b'}"]) == 0
+    printed = capsys.readouterr().out
+    if fault == "realizations:1":
+        assert "realizations: cached" in printed
+    pd.testing.assert_frame_equal(_frame(tmp_path / "b"), uninterrupted)
+    assert not list(stages.rglob("*.parts/*.pt"))  # finished entries keep no parts
+
+
+def _entry(stages: Path, stage: str) -> Path:
+    (path,) = (stages / stage).glob("*.pt")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+@pytest.mark.parametrize("stage", ["realizations", "jacobian", "reopt"])
+def test_a_damaged_entry_is_moved_aside_and_recomputed(
+        damage: str, stage: str, tmp_path: Path, uninterrupted: pd.DataFrame,
+        capsys: pytest.CaptureFixture) -> None:
+    stages = tmp_path / "stages"
+    args = ["run", *TINY, f"stage_cache={stages}"]
+    assert main([*args, f"hydra.run.dir={tmp_path / 'a'}"]) == 0
+    path = _entry(stages, stage)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main([*args, f"hydra.run.dir={tmp_path / 'b'}"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": damaged cache entry" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"{stage}: damaged cache entry {path}")
+    (moved,) = (stages / "damaged" / stage).iterdir()
+    assert moved.read_bytes() == bytes(data)  # kept for inspection, not deleted
+    assert path.is_file() and path.read_bytes() != bytes(data)  # recomputed
+    pd.testing.assert_frame_equal(_frame(tmp_path / "b"), uninterrupted)
+
+
+def test_two_processes_on_one_cache_compute_a_stage_once(tmp_path: Path) -> None:
+    stages = tmp_path / "stages"
+    slow = [a for a in TINY if not a.startswith("fv.adam_steps")] + ["fv.adam_steps=150"]
+    env = {k: v for k, v in os.environ.items() if k != "IFV_FAULT"}
+    procs = [subprocess.Popen([sys.executable, "-m", "ifv.cli", "run", *slow,
+                               f"stage_cache={stages}", f"hydra.run.dir={tmp_path / str(i)}"],
+                              env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    cached = ["realizations: cached" in out for out, _ in outs]
+    assert sorted(cached) == [False, True]  # one computed, the other waited and read it
+    a, b = (_frame(tmp_path / str(i)) for i in range(2))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_nan_producing_target_is_flagged_and_the_run_goes_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """With k = 0.5, S_x = x^T y (x^T y / ||y||)^k is NaN where x^T y < 0: FV of such a
+    target turns NaN."""
+    out = tmp_path / "run"
+    assert main(["run", *TINY, "k=0.5", "sampling.n_total=8", f"stage_cache={tmp_path}",
+                 f"hydra.run.dir={out}"]) == 0
+    printed = capsys.readouterr().out
+    df = pd.read_parquet(out / "results.parquet")
+    bad = df[~df.finite]
+    assert 0 < len(bad) < len(df)
+    assert bad.angle_pred.isna().all() and bad.rel_residual.isna().all()
+    assert np.isfinite(df[df.finite].angle_pred).all()
+    assert f"{len(bad)} of 8 samples have non-finite FV or Jacobian values" in printed
+    assert "left out of the medians" in printed
+    med = float(printed.split("predicted ")[1].split()[0])
+    assert med == pytest.approx(round(float(np.median(df[df.finite].angle_pred)), 1))
