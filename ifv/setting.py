@@ -103,8 +103,7 @@ class Bound:
 
     def like(self) -> Tensor:
         """An empty tensor with the network's dtype and device."""
-        p = next(iter(self.network.parameters()), None)
-        return torch.empty(0) if p is None else p.new_empty(0)
+        return _like(self.network)
 
 
 @dataclass(frozen=True)
@@ -252,14 +251,20 @@ class Setting:
         return {"model": self.spec.name, "key": self.spec.key(), "weights": weights}
 
 
+def _like(net: nn.Module) -> Tensor:
+    """An empty tensor with the dtype and device of ``net``'s parameters (CPU float32 where
+    it has none)."""
+    p = next(iter(net.parameters()), None)
+    return torch.empty(0) if p is None else p.new_empty(0)
+
+
 def _probe(net: nn.Module, layer: str, param: Parametrization) -> int:
     """The channels of ``layer`` of a user's module, from one forward pass of a grey input."""
     if layer not in dict(net.named_modules()):
         names = [n for n, _ in net.named_modules() if n]
         raise UserError(f"the model has no layer {layer!r}; valid: {', '.join(names[:30])}"
                         + (" ..." if len(names) > 30 else ""))
-    first = next(iter(net.parameters()), None)
-    like = torch.empty(0) if first is None else first
+    like = _like(net)
     v0 = torch.zeros((1, *param.shape), dtype=like.dtype, device=like.device)
     try:
         with torch.no_grad():
