@@ -44,8 +44,9 @@ reproduce: install       ## all 25 experiments (profile=quick, offline tier), th
 	echo "reproduce: $$(( ($$(date +%s) - start) / 60 )) min"; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
-bench: install           ## speed of the Jacobian methods, as ratios to the default
+bench: install           ## Jacobian methods as ratios to "loop"; Table 1 on CPU and GPU beside the paper's
 	$(PY) benchmarks/bench_jacobian.py
+	$(PY) -m benchmarks.table1
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ifv import fv
 from ifv.critical import complement
+from ifv.device import float32_precision, to
 from ifv.errors import UserError
 from ifv.fv import FVSettings
 from ifv.images import IMAGE_PARAMS, Source, load_images, load_params, to_params
@@ -173,7 +174,8 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
            critical_dim: int | None = None, input: str = "image",
            size: Sequence[int] | None = None, weights: str | None = None,
            cache_dir: str | Path | None = None, download: bool = False,
-           method: str = "loop", progress: bool = True) -> Inversion:
+           device: str = "auto", tf32: bool = False, method: str = "auto",
+           progress: bool = True) -> Inversion:
     """Grad-IFV for the user's realizations: the predicted objectives x* of Opt. (3).
 
     ``images``: paths (.pt, .npy, .png) or tensors/arrays in [0, 1], each one image (C, H, W)
@@ -184,10 +186,13 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
     or ``weights=PATH`` / ``"random"``) or an ``nn.Module`` in eval mode, whose input size is
     the images' (or ``size=(H, W)`` with params). ``features``: the first N channels of
     ``layer``, explicit indices, or ``"all"``. ``critical``: a run's critical.parquet (its best
-    space, or ``critical_dim``) or a basis C_M (n_f, d); default C = R^{n_f}.
+    space, or ``critical_dim``) or a basis C_M (n_f, d); default C = R^{n_f}. ``device``:
+    where Dy and the algebra run (auto: CUDA where present; a module's own device);
+    ``method``: the Jacobian method (``ifv.jacobian``). The result's tensors are on the CPU.
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
-                     cache_dir=cache_dir, download=download, size=size)
+                     cache_dir=cache_dir, download=download, size=size, device=device,
+                     tf32=tf32)
     return invert_setting(images, s, critical, critical_dim=critical_dim, input=input,
                           method=method, progress=progress)
 
@@ -195,7 +200,7 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
 def invert_setting(images: Source | Sequence[Source], s: Setting,
                    critical: str | Path | Tensor | None = None, *,
                    critical_dim: int | None = None, input: str = "image",
-                   method: str = "loop", progress: bool = True) -> Inversion:
+                   method: str = "auto", progress: bool = True) -> Inversion:
     """``invert`` for a validated ``Setting`` (``ifv invert`` builds one from its config)."""
     choice("input", input, INPUTS)
     choice("jacobian.method", method, METHODS)
@@ -214,18 +219,22 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
         size = s.size
         v, sources = load_params(images, s.parametrization().shape)
     bound = s.bind(size, progress=progress)
-    basis = _basis(critical, critical_dim, bound.n_f, s)
-    y, gram = response_and_gram(bound.response, v.to(bound.like()), method=method,
-                                progress=progress)
+    basis = _basis(critical, critical_dim, bound.n_f, s).to(bound.device)
+    with float32_precision(s.tf32):
+        y, gram = response_and_gram(bound.response, v.to(bound.like()), method=method,
+                                    progress=progress)
     x_pred, _ = solve(y, gram, s.k, basis)
+    residual = relative_residual(x_pred, y, gram, s.k)
+    next_residual = _next_residual(y, gram, s.k, basis)
+    x_pred, y, gram, residual, next_residual = to(
+        (x_pred, y, gram, residual, next_residual), "cpu")
     settings = {"model": s.model_name, "weights": s.weights, "layer": s.layer,
                 "n_f": bound.n_f, "aggregation": s.aggregation, "k": s.k, "param": s.param,
-                "input": input,
+                "input": input, "device": str(bound.device), "tf32": s.tf32,
                 "critical": str(critical) if isinstance(critical, str | Path) else None,
                 "critical_dim": basis.shape[1]}
-    return Inversion(x_pred=x_pred, y=y, gram=gram,
-                     residual=relative_residual(x_pred, y, gram, s.k),
-                     next_residual=_next_residual(y, gram, s.k, basis), features=bound.features,
+    return Inversion(x_pred=x_pred, y=y, gram=gram, residual=residual,
+                     next_residual=next_residual, features=bound.features,
                      sources=sources, settings=settings)
 
 
@@ -235,17 +244,20 @@ def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
               settings: FVSettings | None = None, *, seed: int = 0,
               size: Sequence[int] | None = None, weights: str | None = None,
               cache_dir: str | Path | None = None, download: bool = False,
-              progress: bool = True) -> Tensor:
+              device: str = "auto", tf32: bool = False, progress: bool = True) -> Tensor:
     """Realizations I* = P(v*) of the target objectives x, Opt. (1) with S_x of Sec. 2.
 
     x: (N, n_f) or (n_f,), normalized onto Omega, the unit sphere; the other arguments as
     in ``invert`` (an ``nn.Module`` needs ``size=(H, W)``); ``settings``: step counts
-    (default ``FVSettings()``, Sec. 3.2). Returns P's renders (N, C, H, W)
-    in [0, 1], for P_rgb / P_fft / P_ffte the network's input images, which ``invert``
-    reads back. ``ifv.fv.realize`` returns the parameters v and the convergence record.
+    (default ``FVSettings()``, Sec. 3.2); ``device``: where FV runs (the initial
+    parameters are drawn on the CPU from ``seed``, the same on every device). Returns P's
+    renders (N, C, H, W) in [0, 1] on the CPU, for P_rgb / P_fft / P_ffte the network's
+    input images, which ``invert`` reads back. ``ifv.fv.realize`` returns the parameters v
+    and the convergence record.
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
-                     cache_dir=cache_dir, download=download, size=size)
+                     cache_dir=cache_dir, download=download, size=size, device=device,
+                     tf32=tf32)
     if s.size is None:
         raise UserError("visualize with an nn.Module needs size=(H, W) of its input")
     bound = s.bind(progress=progress)
@@ -258,11 +270,8 @@ def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
     norm = t.norm(dim=1, keepdim=True)
     if not bool((norm > 0).all() and torch.isfinite(t).all()):
         raise UserError("targets x must be finite and nonzero")
-    like = bound.like()
-
-    def init(n: int, g: torch.Generator) -> Tensor:
-        return bound.param.init(n, g).to(like)
-
-    result = fv.realize(bound.response, (t / norm).to(like), s.k, settings or FVSettings(),
-                        init=init, seed=seed, progress=progress)
-    return bound.param.render(result.v).detach()
+    with float32_precision(s.tf32):
+        result = fv.realize(bound.response, (t / norm).to(bound.like()), s.k,
+                            settings or FVSettings(), init=bound.init, seed=seed,
+                            progress=progress)
+    return bound.param.render(result.v).detach().cpu()

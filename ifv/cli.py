@@ -28,7 +28,8 @@ commands:
                              ifv run -m k=0,2 features=n32,n64; hydra/launcher=joblib runs
                              its jobs in parallel, hydra/launcher=slurm on a SLURM cluster
   train model=NAME [...]     train a zoo model into the model cache (offline tier; paper
-                             tier: densenet_cifar[_ex4] on CIFAR-10 at model.data.root)
+                             tier: densenet_cifar[_ex4] on CIFAR-10 at model.data.root);
+                             device=auto|cpu|cuda|cuda:N
   list                       experiments, models (tier, weights present) and their layers
   invert IMAGE... [KEY=VALUE ...]
                              Grad-IFV on your images (.pt, .npy, .png in [0, 1]): the
@@ -43,6 +44,8 @@ examples:
   ifv run experiment=gn4c_simple            # S4 experiment 1 (exp01) on the offline GoogLeNet
   ifv run experiment=exp07 profile=paper    # the n_f sweep: the paper's points and step counts
   ifv run experiment=exp11 hydra/launcher=joblib    # the sweep's jobs in parallel
+  ifv run experiment=exp07 scale=paper profile=paper device=cuda
+                                            # 32..512 features of the 224 px stand-in, on a GPU
   ifv train model=densenet_patterns model.train.epochs=8
   ifv invert a.png b.npy features.n=32 invert.critical=outputs/RUN/critical.parquet
 
@@ -174,7 +177,8 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_train(args: list[str]) -> int:
-    """`ifv train model=NAME [model.train.KEY=VALUE ...]`."""
+    """`ifv train model=NAME [model.train.KEY=VALUE ...] [device=...]`."""
+    from ifv.device import resolve
     from ifv.models import get_spec
     from ifv.train import train
 
@@ -184,8 +188,10 @@ def cmd_train(args: list[str]) -> int:
     cfg = compose(args)
     m = cfg.model
     spec = get_spec(m.name).with_recipe(**OmegaConf.to_container(m.train, resolve=True))
+    device = resolve(cfg.device)
+    check_writable(spec.checkpoint(m.cache_dir).parent, "the model cache")
     rec = train(spec, m.cache_dir, progress=cfg.progress, data_root=m.data.root,
-                download=m.data.download)
+                download=m.data.download, device=str(device))
     print(f"trained {rec['model']} ({rec['tier']} tier) in {rec['train_seconds']:.0f} s "
           f"on {rec['device']} ({rec['n_train']} training images)")
     if rec.get("task") == "superres":
@@ -242,9 +248,10 @@ usage: ifv invert IMAGE... [KEY=VALUE ...]
 
 IMAGE: .pt, .npy or .png in [0, 1], (C, H, W) or (H, W, C), optionally batched (B first).
 The setting takes the same overrides as `ifv run` (default: the make demo setting):
-  model=NAME | network=NAME tier=offline|paper, model.weights=PATH, model.cache_dir=DIR,
-  model.download=true, layer=NAME, features=n64 | features.n=N|all |
-  features.indices=[0,5,7], aggregation=NAME, k=K, param=rgb|fft|ffte, jacobian.method=NAME
+  model=NAME | network=NAME tier=offline|paper scale=small|paper, model.weights=PATH,
+  model.cache_dir=DIR, model.download=true, layer=NAME, features=n64 | features.n=N|all |
+  features.indices=[0,5,7], aggregation=NAME, k=K, param=rgb|fft|ffte,
+  device=auto|cpu|cuda|cuda:N, tf32=false|true, jacobian.method=auto|loop|batched|vmap
 and keys of its own:
   invert.input         image (default: files in [0, 1]) or params (.pt/.npy of P's variables v)
   invert.critical      a run's critical.parquet: C is its best critical space

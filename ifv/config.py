@@ -42,8 +42,8 @@ class ModelConf:
 class FeaturesConf:
     n: Any = 64                          # a number, or all
     indices: list[int] | None = None
-    points: dict[str, Any] | None = None    # a sweep's n_f per tier and profile
-    per_tier: dict[str, int] | None = None  # n per tier
+    points: dict[str, Any] | None = None    # a sweep's n_f per layer widths and profile
+    per_widths: dict[str, int] | None = None  # n per layer widths (paper, small)
 
 
 @dataclass
@@ -78,8 +78,9 @@ class ReoptConf:
 
 @dataclass
 class JacobianConf:
-    method: str = "loop"
+    method: str = "auto"
     max_bytes: int = 1 << 30
+    batch_size: int = 32
 
 
 @dataclass
@@ -107,6 +108,9 @@ class Config:
     layer: str = "???"
     k: float = 2.0
     seed: int = 0
+    device: str = "auto"
+    tf32: bool = False
+    scale: str = "small"
     stage_cache: str | None = None
     progress: bool = True
     figures: bool = True
@@ -125,16 +129,19 @@ class Config:
 
 
 def register() -> None:
-    """The schema in Hydra's ConfigStore and the ``${zoo:NETWORK,TIER}`` resolver (the zoo
-    model that plays a network in a tier)."""
+    """The schema in Hydra's ConfigStore, the ``${zoo:NETWORK,TIER,SCALE}`` resolver (the
+    zoo model that plays a network in a tier) and ``${widths:TIER,SCALE}`` (whose layer
+    widths: paper or small, for a sweep's points)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from ifv.models.registry import model_for
+    from ifv.models.registry import model_for, widths
 
     ConfigStore.instance().store(name="ifv_schema", node=Config)
     if not OmegaConf.has_resolver("zoo"):
         OmegaConf.register_new_resolver("zoo", model_for)
+    if not OmegaConf.has_resolver("widths"):
+        OmegaConf.register_new_resolver("widths", widths)
 
 
 def choices(group: str) -> list[str]:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ifv.device import synchronize, to
 from ifv.objective import ResponseFn, significance
 
 
@@ -87,23 +88,26 @@ def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, hist
     """Batched L-BFGS with a per-sample two-loop recursion and Armijo backtracking.
 
     A sample stops when its loss decreases by less than ``tol * max(1, |f|)`` in an
-    iteration or when no step along its direction decreases the loss.
-    Returns the optimized v and the number of iterations each sample used.
+    iteration or when no step along its direction decreases the loss. All state lives on
+    v's device; the host reads only two index sets per iteration (the active samples and
+    the line search's open ones), to shrink the batch. Returns the optimized v and the
+    number of iterations each sample used.
     """
     shape = v.shape
     n = shape[0]
+    dev = v.device
     v = v.detach().clone().reshape(n, -1)
     f, g = _loss_grad(response, v.reshape(shape), x, k)
     g = g.reshape(n, -1)
-    s_hist = torch.zeros((history, *v.shape), dtype=v.dtype)
+    s_hist = torch.zeros((history, *v.shape), dtype=v.dtype, device=dev)
     y_hist = torch.zeros_like(s_hist)
-    rho = torch.zeros(history, n, dtype=v.dtype)
+    rho = torch.zeros(history, n, dtype=v.dtype, device=dev)
     head = 0
-    iters = torch.zeros(n, dtype=torch.long)
-    active = torch.ones(n, dtype=torch.bool)
-    fresh = torch.ones(n, dtype=torch.bool)
+    iters = torch.zeros(n, dtype=torch.long, device=dev)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    fresh = torch.ones(n, dtype=torch.bool, device=dev)
     for _ in range(steps):
-        idx = active.nonzero().squeeze(1)
+        idx = active.nonzero().squeeze(1)  # the one read of the active set per iteration
         if idx.numel() == 0:
             break
         gi = g[idx]
@@ -125,14 +129,13 @@ def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, hist
         for j, a in zip(reversed(order), reversed(alphas), strict=True):
             b = rho[j, idx] * _dot(y_hist[j, idx], r)
             r += (a - b).unsqueeze(1) * s_hist[j, idx]
-        d = -r
-        slope = _dot(d, gi)
-        bad = slope >= 0
-        d[bad] = -gi[bad]
+        slope = _dot(-r, gi)
+        bad = slope >= 0  # not a descent direction: steepest descent instead
+        d = torch.where(bad.unsqueeze(1), -gi, -r)
         slope = torch.where(bad, -_dot(gi, gi), slope)
-        # per-sample Armijo backtracking from t = 1
-        t = torch.ones(len(idx), dtype=v.dtype)
-        accepted = torch.zeros(len(idx), dtype=torch.bool)
+        # per-sample Armijo backtracking from t = 1; one read of the open samples per trial
+        t = torch.ones(len(idx), dtype=v.dtype, device=dev)
+        accepted = torch.zeros(len(idx), dtype=torch.bool, device=dev)
         f_new = f[idx].clone()
         g_new = gi.clone()
         for _ in range(20):
@@ -142,11 +145,10 @@ def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, hist
             trial = v[idx[todo]] + t[todo].unsqueeze(1) * d[todo]
             ft, gt = _loss_grad(response, trial.reshape(-1, *shape[1:]), x[idx[todo]], k)
             ok = torch.isfinite(ft) & (ft <= f[idx[todo]] + 1e-4 * t[todo] * slope[todo])
-            acc = todo[ok]
-            accepted[acc] = True
-            f_new[acc] = ft[ok]
-            g_new[acc] = gt.reshape(len(todo), -1)[ok]
-            t[todo[~ok]] *= 0.5
+            accepted[todo] = ok
+            f_new[todo] = torch.where(ok, ft, f_new[todo])
+            g_new[todo] = torch.where(ok.unsqueeze(1), gt.reshape(len(todo), -1), g_new[todo])
+            t[todo] = torch.where(ok, t[todo], 0.5 * t[todo])
         step = t.unsqueeze(1) * d
         s_new = torch.where(accepted.unsqueeze(1), step, torch.zeros_like(step))
         y_new = g_new - gi
@@ -164,7 +166,7 @@ def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, hist
         iters[idx] += 1
         fresh[idx] = False
         done = (~accepted) | (decrease <= tol * f_new.abs().clamp_min(1.0))
-        active[idx[done]] = False
+        active[idx] = ~done
         if bar is not None:
             bar.update()
     return v.reshape(shape), iters
@@ -185,17 +187,20 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     """Realizations I* = P(v*) of the targets x (N, n_f), Opt. (1) with S_x of Sec. 2: the
     one FV entry point.
 
-    Starts from ``init(n, generator)`` (seeded by ``seed``) or from given parameters ``v0``
-    (N, *shape); re-optimization (Sec. 3.4) is FV from the realizations with
-    ``lbfgs_steps=0``. Batches of ``settings.batch_size``, each optimized by itself: with a
-    ``store``, a batch found there is taken as it is and each new one is saved, so an
-    interrupted call resumes with the same result. ``seconds`` adds the batches' own times.
+    Starts from ``init(n, generator)`` (a CPU generator seeded by ``seed``) or from given
+    parameters ``v0`` (N, *shape); re-optimization (Sec. 3.4) is FV from the realizations
+    with ``lbfgs_steps=0``. Everything runs on the device of the initial parameters (``init``
+    moves its CPU draw there, e.g. ``ifv.setting.Bound.init``). Batches of
+    ``settings.batch_size``, each optimized by itself: with a ``store``, a batch found there
+    is taken as it is and each new one is saved, so an interrupted call resumes with the
+    same result. ``seconds`` adds the batches' own times.
     """
     if (init is None) == (v0 is None):
         raise ValueError("realize needs exactly one of init and v0")
     n = x.shape[0]
     v0 = v0.detach().clone() if v0 is not None else init(n, torch.Generator().manual_seed(seed))
-    x = x.to(v0.dtype)
+    dev = v0.device
+    x = x.to(device=dev, dtype=v0.dtype)
     per_batch = settings.adam_steps + settings.lbfgs_steps
     nb = -(-n // settings.batch_size)
     bar = tqdm(total=nb * per_batch, desc=desc, disable=not progress, unit="step", leave=False)
@@ -208,16 +213,18 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
             before = bar.n
             vb = adam(response, v0[start:stop], x[start:stop], k, settings.adam_steps,
                       settings.adam_lr, bar)
-            it = torch.zeros(vb.shape[0], dtype=torch.long)
+            it = torch.zeros(vb.shape[0], dtype=torch.long, device=dev)
             if settings.lbfgs_steps:
                 vb, it = lbfgs(response, vb, x[start:stop], k, settings.lbfgs_steps,
                                settings.history, settings.tol, bar)
+            synchronize(dev)
             done = {"v": vb, "iters": it,
                     "seconds": torch.tensor(time.perf_counter() - t0, dtype=torch.float64)}
             bar.update(per_batch - (bar.n - before))
             if store is not None:
                 store.save(start, stop, done)
         else:
+            done = to(done, dev)
             bar.update(per_batch)
         out_v.append(done["v"])
         out_iters.append(done["iters"])
@@ -228,5 +235,6 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     f, grad = _loss_grad(response, v, x, k)
     with torch.no_grad():
         y = response(v)
+    synchronize(dev)
     return FVResult(v=v, y=y.detach(), loss=f, grad_norm=grad.flatten(1).norm(dim=1),
                     iters=torch.cat(out_iters), seconds=seconds + time.perf_counter() - t0)

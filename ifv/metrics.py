@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from skimage.metrics import structural_similarity
+import torch.nn.functional as F
 from torch import Tensor
 
 from ifv.inverse import reduced_gram, substitution, unit
@@ -112,17 +111,17 @@ def relative_residual(x: Tensor, y: Tensor, gram: Tensor, k: float) -> Tensor:
     return torch.sqrt(num / lam_max.clamp_min(0.0))
 
 
-def _hwc(images: Tensor) -> np.ndarray:
-    """(B, C, H, W) tensor -> (B, H, W, C) float64 numpy array."""
-    return images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
-
-
 def ssim(a: Tensor, b: Tensor) -> Tensor:
     """SSIM index (Wang et al., 2004) per sample between image batches in [0, 1] (Sec. 3.4),
-    via ``skimage.metrics.structural_similarity`` with data_range 1 and the channel axis last.
+    on the images' device, in float64.
 
-    a, b: (B, C, H, W), any C -> (B,) float64. Images under 7 px on a side use the largest odd
-    window that fits (at least 3 px is required).
+    The definition of ``skimage.metrics.structural_similarity`` with data_range 1, its
+    defaults (a uniform 7x7 window, sample covariances, K1 = 0.01, K2 = 0.03) and the mean
+    over channels: the local statistics are taken over every window that lies inside the
+    image (skimage filters the whole image and then crops the border the window reaches
+    past, which leaves the same windows). a, b: (B, C, H, W), any C -> (B,) float64.
+    Images under 7 px on a side use the largest odd window that fits (at least 3 px is
+    required).
     """
     if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"ssim needs two (B, C, H, W) batches of equal shape, got "
@@ -131,12 +130,18 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
     if side < 3:
         raise ValueError(f"ssim needs images of at least 3x3 pixels, got {tuple(a.shape[-2:])}")
     win = 7 if side >= 7 else (side if side % 2 == 1 else side - 1)
-    na, nb = _hwc(a), _hwc(b)
-    vals = [
-        structural_similarity(ia, ib, channel_axis=-1, data_range=1.0, win_size=win)
-        for ia, ib in zip(na, nb, strict=True)
-    ]
-    return torch.tensor(vals, dtype=torch.float64)
+    x, y = a.detach().double(), b.detach().to(a.device, torch.float64)
+
+    def mean(t: Tensor) -> Tensor:
+        return F.avg_pool2d(t, win, stride=1)
+
+    c1, c2, cov_norm = 0.01 ** 2, 0.03 ** 2, win * win / (win * win - 1.0)
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(-2, -1)).mean(dim=-1)
 
 
 def high_frequency_share(images: Tensor, cutoff: float = 0.25) -> Tensor:

@@ -100,6 +100,7 @@ class Response:
     def __post_init__(self) -> None:
         self.features = list(self.features)
         self._index = torch.as_tensor(self.features, dtype=torch.long)
+        self._copies: dict[torch.device, Tensor] = {}
 
     @property
     def n_f(self) -> int:
@@ -108,7 +109,9 @@ class Response:
     def activations(self, images: Tensor) -> Tensor:
         """The tapped layer's activations of the selected features."""
         a = tap(self.model, self.layer, images)
-        return a.index_select(1, self._index.to(a.device))
+        if a.device not in self._copies:  # the indices on the activations' device, once
+            self._copies[a.device] = self._index.to(a.device)
+        return a.index_select(1, self._copies[a.device])
 
     def __call__(self, v: Tensor) -> Tensor:
         return aggregate(self.activations(self.param(v)), self.aggregation)

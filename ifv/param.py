@@ -110,6 +110,7 @@ class FFT:
         self.shape = (3, height, width // 2 + 1, 2)
         self.init_std = init_std
         self._scale: Tensor | None = None  # (H, W//2 + 1) frequency weights; None: all 1
+        self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
     def n_p(self) -> int:
@@ -120,7 +121,13 @@ class FFT:
         return torch.randn((n, *self.shape), generator=generator) * self.init_std
 
     def _weights(self, like: Tensor) -> Tensor | None:
-        return None if self._scale is None else self._scale.to(like.device, like.dtype)
+        """The frequency weights on ``like``'s device and dtype (moved there once)."""
+        if self._scale is None:
+            return None
+        where = (like.device, like.dtype)
+        if where not in self._copies:
+            self._copies[where] = self._scale.to(*where)
+        return self._copies[where]
 
     def logits(self, v: Tensor) -> Tensor:
         """The image before the sigmoid: (B, 3, H, W//2 + 1, 2) -> (B, 3, H, W)."""

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ifv.critical import CriticalSpace, complement, critical_space, rho_search
+from ifv.device import float32_precision, precision_key, synchronize, to
 from ifv.fv import realize
 from ifv.inverse import full_space, solve, unit
 from ifv.jacobian import response_and_gram
@@ -48,8 +49,16 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
         progress: bool = True, figures: bool = True,
         log: Callable[[str], None] = print) -> pd.DataFrame:
     """Run one experiment; writes results.parquet, critical.parquet and images.npz into
-    ``out_dir``, and with ``figures`` the run's PNGs. Returns results.parquet's frame."""
-    out_dir = Path(out_dir)
+    ``out_dir``, and with ``figures`` the run's PNGs. Returns results.parquet's frame.
+
+    Every stage runs on the setting's device, with its float32 precision; targets, initial
+    parameters and random objectives are drawn on the CPU and moved there."""
+    with float32_precision(exp.setting.tf32):
+        return _run(exp, Path(out_dir), stage_cache, progress, figures, log)
+
+
+def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progress: bool,
+         figures: bool, log: Callable[[str], None]) -> pd.DataFrame:
     cache = StageCache(stage_cache, log)
     check_writable(out_dir, "the run's output folder")
     check_writable(cache.root, "stage_cache")
@@ -57,23 +66,26 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     assert s.spec is not None
     model_key = s.model_key()
     bound = s.bind(progress=progress, log=log)
-    response, param, features = bound.response, bound.param, bound.features
+    response, param, features, dev = bound.response, bound.param, bound.features, bound.device
 
     def stage(name: str, key: dict[str, Any],
               compute: Callable[[Parts], dict[str, Any]]) -> dict[str, Any]:
-        return cache.get_or_compute(name, STAGE_VERSION[name], key, compute)
+        """A stage's output on the run's device, computed there or read from the cache."""
+        return to(cache.get_or_compute(name, STAGE_VERSION[name], key, compute), dev)
 
-    # targets (Supp. S2): cheap and deterministic, recomputed
-    x, canonical = sample_targets(exp.n_random, exp.n_canonical, bound.n_f, exp.seed)
+    # targets (Supp. S2): cheap and deterministic, drawn on the CPU and recomputed
+    x_host, canonical = sample_targets(exp.n_random, exp.n_canonical, bound.n_f, exp.seed)
+    x = x_host.to(dev)
     n = len(x)
     log(f"{exp.name}: {s.spec.name}.{s.layer}, n_f={bound.n_f}, {s.aggregation}, k={s.k:g}, "
-        f"P_{s.param['name']}, {n} targets ({int(canonical.sum())} canonical)")
+        f"P_{s.param['name']}, {n} targets ({int(canonical.sum())} canonical), on {dev}")
     real_key = {"model": model_key, "layer": s.layer, "features": features,
                 "aggregation": s.aggregation, "k": s.k, "param": s.param,
-                "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": asdict(exp.fv)}
+                "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": asdict(exp.fv),
+                "device": dev.type, "precision": precision_key(dev, s.tf32)}
 
     def realizations(parts: Parts) -> dict[str, Any]:
-        r = realize(response, x, s.k, exp.fv, init=param.init, seed=exp.seed,
+        r = realize(response, x, s.k, exp.fv, init=bound.init, seed=exp.seed,
                     progress=progress, desc="FV realizations", store=parts)
         return {"v": r.v, "loss": r.loss, "grad_norm": r.grad_norm, "iters": r.iters,
                 "seconds": r.seconds}
@@ -83,17 +95,18 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
 
     def jacobians(parts: Parts) -> dict[str, Any]:
         done = []
-        for start in range(0, n, exp.fv.batch_size):  # FV's batches: a part each
-            stop = min(start + exp.fv.batch_size, n)
+        for start in range(0, n, exp.jacobian_batch):  # a part each
+            stop = min(start + exp.jacobian_batch, n)
             part = parts.load(start, stop)
             if part is None:
                 t0 = time.perf_counter()
                 y, gram = response_and_gram(response, v[start:stop],
                                             method=exp.jacobian_method,
                                             max_bytes=exp.jacobian_max_bytes, progress=progress)
+                synchronize(dev)
                 part = {"y": y, "gram": gram, "seconds": time.perf_counter() - t0}
                 parts.save(start, stop, part)
-            done.append(part)
+            done.append(to(part, dev))
         return {"y": torch.cat([p["y"] for p in done]),
                 "gram": torch.cat([p["gram"] for p in done]),
                 "seconds": sum(float(p["seconds"]) for p in done)}
@@ -109,19 +122,21 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     # the algebra below runs on finite stand-ins for those samples; their results are NaN
     y = torch.where(finite[:, None], jac["y"], torch.ones_like(jac["y"]))
     gram = torch.where(finite[:, None, None], jac["gram"],
-                       torch.eye(bound.n_f, dtype=jac["gram"].dtype))
+                       torch.eye(bound.n_f, dtype=jac["gram"].dtype, device=dev))
 
     spaces = critical_candidates(exp, gram[finite], log)
     t0 = time.perf_counter()
     preds = [solve(y, gram, s.k, sp.basis)[0] for sp in spaces]
+    synchronize(dev)
     t_pred = (time.perf_counter() - t0) / len(spaces)
-    x_rand = random_objective(n, bound.n_f, torch.Generator().manual_seed(exp.seed + 1))
+    x_rand = random_objective(n, bound.n_f,
+                              torch.Generator().manual_seed(exp.seed + 1)).to(dev)
     objectives = {"target": x, "response": unit(jac["y"]), "random": x_rand,
                   **{f"pred{i}": p for i, p in enumerate(preds)}}
     reopt_key = {"realizations": real_key, "steps": exp.reopt.adam_steps,
                  "lr": exp.reopt.adam_lr, "batch": exp.reopt.batch_size,
                  "random_seed": exp.seed + 1,
-                 "preds": content_key([p.numpy().round(10).tolist() for p in preds])}
+                 "preds": content_key([p.cpu().numpy().round(10).tolist() for p in preds])}
 
     def reoptimizations(parts: Parts) -> dict[str, Any]:
         names = list(objectives)
@@ -138,10 +153,13 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
 
     re = stage("reopt", reopt_key, reoptimizations)
 
+    def host(a: Tensor) -> np.ndarray:
+        return a.detach().cpu().numpy()
+
     def flagged(a: Tensor) -> np.ndarray:
-        """``a`` (N, ...) with NaN for the samples that are not finite."""
-        a = a.double().clone()
-        a[~finite] = float("nan")
+        """``a`` (N, ...) on the host, with NaN for the samples that are not finite."""
+        a = a.detach().double().cpu()
+        a[~finite.cpu()] = float("nan")
         return a.numpy()
 
     spec = s.spec
@@ -153,47 +171,47 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
     samples = {
         "sample": np.arange(n),
         "canonical": canonical.numpy(),
-        "hoyer": hoyer(x).numpy(),
-        "finite": finite.numpy(),
-        "angle_response": angular_distance(x, jac["y"]).numpy(),
-        "angle_random": angular_distance(x, x_rand).numpy(),
+        "hoyer": hoyer(x_host).numpy(),
+        "finite": host(finite),
+        "angle_response": host(angular_distance(x, jac["y"])),
+        "angle_random": host(angular_distance(x, x_rand)),
         "alpha": list(flagged(alpha_coefficients(x, y, gram, s.k))),
-        "ssim_target": re["ssim_target"].numpy(),
-        "ssim_response": re["ssim_response"].numpy(),
-        "ssim_random": re["ssim_random"].numpy(),
-        "stable": (re["ssim_target"] >= exp.stable_ssim).numpy(),
+        "ssim_target": host(re["ssim_target"]),
+        "ssim_response": host(re["ssim_response"]),
+        "ssim_random": host(re["ssim_random"]),
+        "stable": host(re["ssim_target"] >= exp.stable_ssim),
         "rel_residual": flagged(relative_residual(x, y, gram, s.k)),
-        "grad_norm": real["grad_norm"].double().numpy(),
-        "lbfgs_iters": real["iters"].numpy(),
-        "t_fv": real["seconds"] / n,
-        "t_jacobian": jac["seconds"] / n,
+        "grad_norm": host(real["grad_norm"].double()),
+        "lbfgs_iters": host(real["iters"]),
+        "t_fv": float(real["seconds"]) / n,
+        "t_jacobian": float(jac["seconds"]) / n,
         "t_predict": t_pred / n,
-        "t_reopt": re["seconds"] / n,
-        "target": list(x.numpy()),
-        "response": list(jac["y"].numpy()),
+        "t_reopt": float(re["seconds"]) / n,
+        "target": list(x_host.numpy()),
+        "response": list(host(jac["y"])),
     }
     per_space = [{"critical_dim": sp.dim, "rho_min": sp.rho_min, "rho_max": sp.rho_max,
                   "angle_pred": flagged(projected_angle(x, x_pred, y, s.k, sp.basis)),
                   "crit_fraction": flagged(critical_fraction(x, y, s.k, sp.basis)),
-                  "ssim_pred": re[f"ssim_pred{i}"].numpy(),
+                  "ssim_pred": host(re[f"ssim_pred{i}"]),
                   "prediction": list(flagged(x_pred))}
                  for i, (sp, x_pred) in enumerate(zip(spaces, preds, strict=True))]
     df = results_frame(run_values, samples, per_space)
-    crit = critical_frame(df, {sp.dim: list(sp.complement.T.numpy()) for sp in spaces})
+    crit = critical_frame(df, {sp.dim: list(host(sp.complement.T)) for sp in spaces})
     best_i = int(np.flatnonzero(crit.best)[0])  # crit's rows are the spaces, in order
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
     atomic_write(out_dir / "critical.parquet", lambda p: crit.to_parquet(p, index=False))
-    images = {"before": param.render(v[:N_IMAGES]).half(),
-              **{f"after_{o}": re[f"after_{o}"] for o in ("target", "response", "random")},
-              "after_pred": re[f"after_pred{best_i}"]}
-    atomic_write(out_dir / "images.npz", lambda p: _save_images(p, images, x[:N_IMAGES]))
+    images = to({"before": param.render(v[:N_IMAGES]).half(),
+                 **{f"after_{o}": re[f"after_{o}"] for o in ("target", "response", "random")},
+                 "after_pred": re[f"after_pred{best_i}"]}, "cpu")
+    atomic_write(out_dir / "images.npz", lambda p: _save_images(p, images, x_host[:N_IMAGES]))
     if figures:
         from ifv.plots import run_figures
 
         titles = [f"e_{int(xi.argmax())}" if c else f"h={float(hv):.2f}"
-                  for xi, c, hv in zip(x, canonical, samples["hoyer"], strict=True)]
-        run_figures(df, param.render(v), titles, out_dir)
+                  for xi, c, hv in zip(x_host, canonical, samples["hoyer"], strict=True)]
+        run_figures(df, param.render(v).detach().cpu(), titles, out_dir)
     return df
 
 
@@ -210,7 +228,7 @@ def critical_candidates(exp: Experiment, gram: Tensor, log: Callable[[str], None
                         ) -> list[CriticalSpace]:
     """C = R^{n_f} and, with ``critical.search``, every space Algorithm 1 finds (Sec. 3.5)."""
     n_f = gram.shape[-1]
-    eye = full_space(n_f)
+    eye = full_space(n_f, gram.device)
     spaces = [CriticalSpace(dim=n_f, rho_min=float("nan"), rho_max=float("nan"),
                             basis=eye, complement=eye[:, :0])]
     c = exp.critical

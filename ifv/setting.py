@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ifv.device import resolve
 from ifv.errors import UserError
 from ifv.fv import FVSettings
 from ifv.jacobian import METHODS
@@ -101,9 +102,18 @@ class Bound:
     def n_f(self) -> int:
         return len(self.features)
 
+    @property
+    def device(self) -> torch.device:
+        return self.like().device
+
     def like(self) -> Tensor:
         """An empty tensor with the network's dtype and device."""
         return _like(self.network)
+
+    def init(self, n: int, generator: torch.Generator) -> Tensor:
+        """P's initial parameters (n, *param.shape), drawn on the CPU from ``generator`` and
+        moved to the network's device and dtype: the same start on every device."""
+        return self.param.init(n, generator).to(self.like())
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,9 @@ class Setting:
 
     ``spec`` is the zoo entry (None for a user's ``module``); ``selection`` the first N
     channels, ``"all"`` or explicit indices; ``param`` P's name and options; ``size`` the
-    input's (H, W) where known (a zoo model's, or given for a module).
+    input's (H, W) where known (a zoo model's, or given for a module); ``device`` where
+    every stage runs (``ifv.device.resolve``); ``tf32``: TF32 matmuls and convolutions on
+    CUDA (off: full float32).
     """
 
     spec: ModelSpec | None
@@ -126,6 +138,8 @@ class Setting:
     weights: str | None = None
     cache_dir: str | None = None
     download: bool = False
+    device: torch.device = torch.device("cpu")
+    tf32: bool = False
 
     @classmethod
     def make(cls, model: Model = "densenet_patterns", layer: str = "dense3",
@@ -133,12 +147,18 @@ class Setting:
              param: Param = "rgb", *, weights: str | None = None,
              cache_dir: str | Path | None = None, download: bool = False,
              train: Mapping[str, Any] | None = None,
-             size: Sequence[int] | None = None) -> Setting:
+             size: Sequence[int] | None = None, device: str = "auto",
+             tf32: bool = False) -> Setting:
         """Validate everything that needs no network; raise ``UserError`` with what is valid.
 
         ``model``: a zoo name (``ifv list``) or an ``nn.Module`` in eval mode; ``train``:
-        recipe overrides of a zoo model (a different checkpoint).
+        recipe overrides of a zoo model (a different checkpoint); ``device``: auto, cpu,
+        cuda or cuda:N (a module stays where it is: ``auto`` takes its device, another
+        device must be its own).
         """
+        if not isinstance(tf32, bool):
+            raise UserError(f"tf32 must be true or false, got {tf32!r}")
+        dev = resolve(device)
         choice("aggregation", aggregation, AGGREGATIONS)
         k = number("k", k)
         options = dict(param) if isinstance(param, Mapping) else {"name": param}
@@ -153,7 +173,12 @@ class Setting:
             if model.training:
                 raise UserError("the model is in training mode; call model.eval() first "
                                 "(samples must not interact through batch statistics)")
-            return cls(None, model, layer, selection, aggregation, options, k, size)
+            own = _like(model).device
+            if device != "auto" and dev != own:
+                raise UserError(f"the model is on {own}, not on device {device}; move it "
+                                f"with model.to({str(dev)!r}) or pass device={str(own)!r}")
+            return cls(None, model, layer, selection, aggregation, options, k, size,
+                       device=own, tf32=tf32)
         spec = get_spec(str(model)).with_recipe(**dict(train or {}))
         channels = spec.layers.get(layer, 0)
         check_layer(spec, layer, channels if selection == "all" else selection)
@@ -166,7 +191,7 @@ class Setting:
         setting = cls(spec, None, layer, selection, aggregation, options, k, spec.input_size,
                       weights=None if weights is None else str(weights),
                       cache_dir=None if cache_dir is None else str(cache_dir),
-                      download=bool(download))
+                      download=bool(download), device=dev, tf32=tf32)
         setting.parametrization()  # P's options, checked before any work
         if weights is None and spec.tier == "offline" and not spec.checkpoint(cache_dir).exists():
             check_writable(spec.checkpoint(cache_dir).parent, "the model cache")  # to train
@@ -175,12 +200,13 @@ class Setting:
     @classmethod
     def from_config(cls, cfg: Any) -> Setting:
         """The setting of a composed config (``ifv.config``): model.*, layer, features.*,
-        aggregation.name, param, k."""
+        aggregation.name, param, k, device, tf32."""
         m = cfg.model
         features = cfg.features.indices if cfg.features.indices is not None else cfg.features.n
         return cls.make(m.name, cfg.layer, _plain(features), cfg.aggregation.name, cfg.k,
                         _plain(cfg.param), weights=m.weights, cache_dir=m.cache_dir,
-                        download=m.download, train=_plain(m.train))
+                        download=m.download, train=_plain(m.train), device=cfg.device,
+                        tf32=cfg.tf32)
 
     @property
     def model_name(self) -> str:
@@ -207,8 +233,9 @@ class Setting:
             raise UserError(f"invalid options for param {self.param['name']}: {exc}") from None
 
     def network(self, *, progress: bool = True, log: Log = print) -> nn.Module:
-        """The network in eval mode: a zoo model is loaded (an offline stand-in missing from
-        the model cache is trained first, once); a module is returned as given."""
+        """The network in eval mode on the setting's device: a zoo model is loaded (an
+        offline stand-in missing from the model cache is trained first, once, on that
+        device); a module is returned as given."""
         if self.module is not None:
             return self.module
         assert self.spec is not None
@@ -222,11 +249,12 @@ class Setting:
             with FileLock(f"{checkpoint}.lock"):  # one process trains, the others wait
                 if not checkpoint.exists():
                     log(f"model {spec.name} is not in the model cache: training it (once)")
-                    rec = train(spec, self.cache_dir, progress=progress)
+                    rec = train(spec, self.cache_dir, progress=progress,
+                                device=str(self.device))
                     log(f"trained {spec.name} in {rec['train_seconds']:.0f} s -> "
                         f"{rec['checkpoint']}")
         return load(spec, weights=self.weights, cache_dir=self.cache_dir,
-                    download=self.download)
+                    download=self.download).to(self.device)
 
     def bind(self, size: tuple[int, int] | None = None, *, progress: bool = True,
              log: Log = print) -> Bound:
@@ -301,7 +329,9 @@ class Experiment:
     """Everything one ``ifv run`` depends on: the setting and the run's sizes.
 
     ``reopt`` is FV without L-BFGS from the realizations (Sec. 3.4); ``stable_ssim``: a
-    sample whose SSIM under its own target drops below it is unstable (Supp. S4).
+    sample whose SSIM under its own target drops below it is unstable (Supp. S4);
+    ``jacobian_batch``: samples per stored part of the Jacobian stage (each part is cut
+    into chunks that fit ``jacobian_max_bytes``).
     """
 
     name: str
@@ -312,8 +342,9 @@ class Experiment:
     reopt: FVSettings
     stable_ssim: float
     seed: int
-    jacobian_method: str = "loop"
+    jacobian_method: str = "auto"
     jacobian_max_bytes: int = 1 << 30
+    jacobian_batch: int = 32
     critical: Critical = field(default_factory=Critical)
 
     @property
@@ -360,6 +391,7 @@ class Experiment:
                    seed=count("seed", cfg.seed),
                    jacobian_method=choice("jacobian.method", cfg.jacobian.method, METHODS),
                    jacobian_max_bytes=count("jacobian.max_bytes", cfg.jacobian.max_bytes, 1),
+                   jacobian_batch=count("jacobian.batch_size", cfg.jacobian.batch_size, 1),
                    critical=critical)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from ifv.device import to as to_device
 from ifv.errors import UserError
 
 
@@ -90,9 +91,10 @@ class Damaged(ValueError):
 
 
 def pack(obj: Any) -> bytes:
-    """``obj`` (tensors, numbers, dicts) as the bytes of a checked entry."""
+    """``obj`` (tensors, numbers, dicts) as the bytes of a checked entry; tensors are saved
+    from the host, so an entry made on a GPU reads on any machine."""
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(to_device(obj, "cpu"), buf)
     payload = buf.getvalue()
     return payload + hashlib.sha256(payload).digest() + _TAG
 
@@ -105,7 +107,7 @@ def unpack(data: bytes) -> Any:
     if hashlib.sha256(payload).digest() != digest:
         raise Damaged("checksum mismatch")
     try:
-        return torch.load(io.BytesIO(payload), weights_only=True)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a checked but unreadable entry is damaged too
         raise Damaged(f"unreadable ({exc.__class__.__name__})") from None
 

@@ -186,7 +186,7 @@ def test_tiny_run(i: int, tmp_path: Path, stage_cache: Path,
     if i in CRITICAL:  # two of the ten canonical targets, to keep the run tiny
         args.append("sampling.canonical=2")
     if isinstance(feats, tuple):  # the experiment's own sweep, shrunk to two points
-        args += ["features.points.offline.quick='3,5'", f"hydra.sweep.dir={tmp_path}"]
+        args += ["features.points.small.quick='3,5'", f"hydra.sweep.dir={tmp_path}"]
         runs = {tmp_path / "0": 3, tmp_path / "1": 5}
     else:
         n_f = scaled(feats, layer, MODELS[(network, "offline")])
@@ -223,7 +223,7 @@ def test_a_swept_key_on_the_command_line_runs_alone(tmp_path: Path,
     (["-m", "experiment=exp06,exp11"], "experiment exp06 sweeps features.n itself"),
     (["-m", "experiment=exp01,exp07"], "experiment exp07 sweeps features.n itself"),
     (["-m", "experiment=exp12", "tier=offline,paper"], "inside a sweep over tier"),
-    (["experiment=exp06", "features.points.offline.quick='3,500'"],
+    (["experiment=exp06", "features.points.small.quick='3,500'"],
      "features.n=500: features=500 is larger than the 69 channels"),
 ])
 def test_sweep_errors_are_one_line(args: list[str], expect: str,

@@ -199,7 +199,7 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert doc["settings"] | {"critical": None} == {
         "model": "densenet_patterns", "weights": "random", "layer": "dense3", "n_f": 4,
         "aggregation": "maxpool_mean", "k": 2.0, "param": {"name": "rgb", "init_std": 0.01},
-        "input": "image",
+        "input": "image", "device": "cpu", "tf32": False,
         "critical": None, "critical_dim": 3}
     assert doc["features"] == [0, 1, 2, 3]
     (row,) = doc["images"]

@@ -162,6 +162,14 @@ _CIFAR_RECIPE = Recipe(dataset="cifar10", n_train=50000, n_test=10000, epochs=30
                        batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4, pad_crop=4,
                        flip=True, schedule="step")
 
+# The paper-sized stand-ins (scale=paper): the paper's widths at the tapped layers, with the
+# recipes of the small ones (Softplus; inception4c tapped before its activation; the
+# classifier decay of the DenseNet pair): DenseNet-BC-100 (342 channels at dense3) at 32 px
+# and GoogLeNet at 224 px (512 at inception4c), both on the pattern classes rendered at
+# their size. For a GPU: on 2 CPU cores `ifv train` takes tens of minutes (its bar shows
+# the estimate).
+_OFFLINE_DN100 = {**_OFFLINE_DN, "depth": 100}
+
 _SR_OFFLINE = {"channels": 64, "blocks": 10, "up_channels": 16}
 _SR_PAPER = {"channels": 64, "blocks": 10, "up_channels": 64}
 
@@ -199,6 +207,39 @@ MODELS: dict[str, ModelSpec] = {
         description=f"torchvision's GoogLeNet (Softplus, average pooling, inception4c "
                     f"pre-activation) on the 10 pattern classes at {_GN_OFFLINE_SIZE}x"
                     f"{_GN_OFFLINE_SIZE} (stand-in for GoogLeNet on ImageNet)",
+    ),
+    "densenet_patterns_bc100": ModelSpec(
+        name="densenet_patterns_bc100",
+        tier="offline",
+        arch="densenet_bc",
+        arch_kwargs=_OFFLINE_DN100,
+        input_size=(32, 32),
+        layers=_densenet_layers(100, 12),
+        recipe=_OFFLINE_DN_RECIPE,
+        description="paper-sized stand-in (scale=paper): DenseNet-BC-100 (342 channels at "
+                    "dense3) with densenet_patterns' recipe, for a GPU",
+    ),
+    "densenet_patterns_bc100_ex4": ModelSpec(
+        name="densenet_patterns_bc100_ex4",
+        tier="offline",
+        arch="densenet_bc",
+        arch_kwargs=_OFFLINE_DN100,
+        input_size=(32, 32),
+        layers=_densenet_layers(100, 12),
+        recipe=replace(_OFFLINE_DN_RECIPE, exclude_classes=(4,)),
+        description="the same, never shown class 4 (paper-sized stand-in for DenseNetEx4)",
+    ),
+    "googlenet_patterns_224": ModelSpec(
+        name="googlenet_patterns_224",
+        tier="offline",
+        arch="googlenet",
+        arch_kwargs=_OFFLINE_GN,
+        input_size=(224, 224),
+        layers=_gn.layers(10),
+        recipe=_GN_OFFLINE_RECIPE,
+        classifier="fc",
+        description="paper-sized stand-in (scale=paper): googlenet_patterns at 224x224 (512 "
+                    "channels at inception4c, 7x7 maps), for a GPU",
     ),
     "googlenet": ModelSpec(
         name="googlenet",
@@ -402,20 +443,44 @@ def record_of(path: Path) -> dict[str, Any] | None:
 
 
 TIERS = ("offline", "paper")
+SCALES = ("small", "paper")
 
-# The paper's networks (Sec. 3.1) and the zoo model that plays each in a tier.
+# The paper's networks (Sec. 3.1) and the zoo model that plays each in a tier; the offline
+# tier has a small stand-in (CPU) and, for DenseNet and GoogLeNet, a paper-sized one
+# (scale=paper). SRNet's stand-in keeps the paper's 64 filters at block8 in both scales.
 NETWORKS: dict[str, dict[str, str]] = {
-    "densenet": {"offline": "densenet_patterns", "paper": "densenet_cifar"},
-    "densenet_ex4": {"offline": "densenet_patterns_ex4", "paper": "densenet_cifar_ex4"},
-    "googlenet": {"offline": "googlenet_patterns", "paper": "googlenet"},
-    "srnet": {"offline": "srnet_geometry", "paper": "srnet"},
+    "densenet": {"offline": "densenet_patterns", "offline_paper": "densenet_patterns_bc100",
+                 "paper": "densenet_cifar"},
+    "densenet_ex4": {"offline": "densenet_patterns_ex4",
+                     "offline_paper": "densenet_patterns_bc100_ex4",
+                     "paper": "densenet_cifar_ex4"},
+    "googlenet": {"offline": "googlenet_patterns", "offline_paper": "googlenet_patterns_224",
+                  "paper": "googlenet"},
+    "srnet": {"offline": "srnet_geometry", "offline_paper": "srnet_geometry", "paper": "srnet"},
 }
 
 
-def model_for(network: str, tier: str) -> str:
-    """The zoo model that plays ``network`` in ``tier`` (the ``${zoo:...}`` config resolver)."""
-    if tier not in TIERS:
-        raise UserError(f"unknown tier {tier!r}; valid: {', '.join(TIERS)}")
-    if network not in NETWORKS:
-        raise UserError(f"unknown network {network!r}; valid: {', '.join(NETWORKS)}")
+def _check(key: str, value: str, valid: tuple[str, ...] | dict[str, Any]) -> None:
+    if value not in valid:
+        raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+
+
+def model_for(network: str, tier: str, scale: str = "small") -> str:
+    """The zoo model that plays ``network`` in ``tier`` at ``scale`` (the ``${zoo:...}``
+    config resolver): ``scale=paper`` picks the offline tier's paper-sized stand-ins; the
+    paper tier's models are paper-sized at either scale."""
+    _check("tier", tier, TIERS)
+    _check("scale", scale, SCALES)
+    _check("network", network, NETWORKS)
+    if tier == "offline" and scale == "paper":
+        return NETWORKS[network]["offline_paper"]
     return NETWORKS[network][tier]
+
+
+def widths(tier: str, scale: str) -> str:
+    """Whose layer widths a run's models have: "paper" (the paper tier, or the offline tier
+    at scale=paper) or "small" (the small stand-ins); the ``${widths:...}`` resolver that
+    picks a sweep's points."""
+    _check("tier", tier, TIERS)
+    _check("scale", scale, SCALES)
+    return "paper" if "paper" in (tier, scale) else "small"
