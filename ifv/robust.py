@@ -1,0 +1,415 @@
+"""Grad-IFV for robust FV: transformation robustness and image priors (docs/robust-ifv.md).
+
+With random transformations T (``ifv.transform``) a realization is a stationary point of
+E_T[S_x(y_T(v))], y_T = Agg o N o T o P. Estimated from K fixed samples T_1..T_K, with
+Z_t = Z_k(y_t), q_t = x^T ybar_t and weights c_t = (k+1) q_t^k, the condition is
+
+    x^T A(c) = 0,   A(c) = (1/K) sum_t c_t Z_t Dy_t   (n_f x n_p),
+
+and with a prior R subtracted from the objective, x^T A(c) = lambda grad R(v)^T, lambda > 0.
+Everything reduces to n_f x n_f algebra in float64 on
+
+- ys: (B, K, n_f), the responses y_t;
+- cross: (B, K n_f, K n_f), the block cross-Gram H with blocks H[t, s] = Dy_t Dy_s^T (the
+  Gram of the stacked Jacobian [Dy_1; ..; Dy_K]); then A(c) A(c)^T = L(c) H L(c)^T with
+  L(c) = (1/K) [c_1 Z_1, .., c_K Z_K]: (n_f, K n_f);
+- prior: (B, K, n_f), the Jacobian-vector products Dy_t g with the prior's unit gradient
+  g = grad_v R / ||grad_v R||, and its norm ||grad_v R||: (B,).
+
+For k = 0 the weights are 1 and A is the mean Jacobian: Opt. (3) on it (``solve_mean``).
+For k > 0 ``solve_transformed`` iterates on the weights. ``quantities`` computes ys,
+cross, the mean Gram and the prior products from one response function per transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ifv.inverse import solve, substitution, symmetric, unit, z_k, z_k_inv
+from ifv.jacobian import gram, jacobian
+from ifv.objective import Response, ResponseFn
+
+
+def weights(x: Tensor, ys: Tensor, k: float) -> Tensor:
+    """c_t = (k+1) q_t^k, q_t = x^T ybar_t, for unit x (the factor of grad S_x, Sec. 2.1).
+
+    x: (B, n_f); ys: (B, K, n_f) -> (B, K) float64.
+    """
+    q = (unit(ys.double()) * unit(x.double()).unsqueeze(1)).sum(-1)
+    return (k + 1.0) * q.pow(k)
+
+
+def mixing(ys: Tensor, c: Tensor, k: float) -> Tensor:
+    """L(c) = (1/K) [c_1 Z_k(y_1), .., c_K Z_k(y_K)], so that A(c) = L(c) [Dy_1; ..; Dy_K].
+
+    ys: (B, K, n_f); c: (B, K) -> (B, n_f, K n_f) float64.
+    """
+    b, n_t, n_f = ys.shape
+    z = z_k(ys.double().reshape(b * n_t, n_f), k).reshape(b, n_t, n_f, n_f)
+    z = z * (c.double() / n_t)[..., None, None]
+    return z.permute(0, 2, 1, 3).reshape(b, n_f, n_t * n_f)
+
+
+def weighted_gram(ys: Tensor, cross: Tensor, c: Tensor, k: float) -> Tensor:
+    """A(c) A(c)^T = L(c) H L(c)^T = (1/K^2) sum_{t,s} c_t c_s Z_t Dy_t Dy_s^T Z_s, the
+    (Z-reduced) Gram of the weighted mean gradient.
+
+    ys: (B, K, n_f); cross H: (B, K n_f, K n_f); c: (B, K) -> (B, n_f, n_f).
+    """
+    m = mixing(ys, c, k)
+    return symmetric(m @ cross.double() @ m.transpose(-1, -2))
+
+
+def weighted_prior(ys: Tensor, prior: Tensor, c: Tensor, k: float) -> Tensor:
+    """A(c) g = (1/K) sum_t c_t Z_t (Dy_t g). ys, prior: (B, K, n_f); c: (B, K) -> (B, n_f)."""
+    b, n_t, n_f = ys.shape
+    return (mixing(ys, c, k) @ prior.double().reshape(b, n_t * n_f, 1)).squeeze(-1)
+
+
+def mean_gram(cross: Tensor, n_t: int) -> Tensor:
+    """Gram of the mean Jacobian, (1/K^2) sum_{t,s} Dy_t Dy_s^T. cross: (B, K n_f, K n_f)
+    -> (B, n_f, n_f)."""
+    b, m, _ = cross.shape
+    n_f = m // n_t
+    return symmetric(cross.double().reshape(b, n_t, n_f, n_t, n_f).sum((1, 3)) / n_t**2)
+
+
+def project_prior(gram: Tensor, u: Tensor) -> Tensor:
+    """Gram of Dy (I - g g^T): G - (Dy g)(Dy g)^T, which eliminates the unknown prior weight.
+
+    gram: (B, n_f, n_f); u = Dy g with unit g: (B, n_f) -> (B, n_f, n_f). The same holds
+    after reduction: Z (G - u u^T) Z = Z G Z - (Z u)(Z u)^T.
+    """
+    u = u.double()
+    return symmetric(gram.double() - u.unsqueeze(-1) * u.unsqueeze(-2))
+
+
+def relative_residual(x: Tensor, gram: Tensor) -> Tensor:
+    """sqrt(x^T M x / lambda_max(M)) for unit x, M the reduced Gram of the gradient (e.g.
+    ``weighted_gram``): ||x^T A|| / ||A||_2 as ``ifv.metrics.relative_residual``.
+    x: (B, n_f); gram: (B, n_f, n_f) -> (B,); NaN where M = 0."""
+    m = symmetric(gram.double())
+    top = torch.linalg.eigvalsh(m)[..., -1]
+    xu = unit(x.double())
+    num = (xu.unsqueeze(-2) @ m @ xu.unsqueeze(-1)).reshape(top.shape).clamp_min(0.0)
+    return torch.sqrt(num / top.clamp_min(0.0))
+
+
+def solve_mean(y: Tensor, gram_mean: Tensor, basis: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """k = 0: Opt. (3) on the mean Jacobian, exact for the K-sample expectation.
+
+    y: (B, n_f) for the sign (x^T y >= 0; e.g. the mean response); gram_mean: (B, n_f, n_f)
+    (``mean_gram`` or ``Quantities.mean_gram``, minus u u^T with a prior); basis C_M:
+    (n_f, d). Returns x*: (B, n_f) and the smallest eigenvalue (B,).
+    """
+    return solve(y, gram_mean, 0.0, basis)
+
+
+def _smallest(m: Tensor, u: Tensor, y_ref: Tensor) -> Tensor:
+    """x = U sigma, sigma the eigenvector of the smallest eigenvalue of U^T M U, signed so
+    that x^T y_ref >= 0. m: (B, n_f, n_f); u: (B, n_f, d) -> (B, n_f)."""
+    _, vecs = torch.linalg.eigh(symmetric(u.transpose(-1, -2) @ m @ u))
+    x = unit((u @ vecs[..., :1]).squeeze(-1))
+    sign = torch.where((x * y_ref).sum(-1) < 0, -1.0, 1.0).to(x)
+    return x * sign.unsqueeze(-1)
+
+
+def _least_squares(m: Tensor, u: Tensor, rhs: Tensor, rtol: float) -> Tensor:
+    """x = U (U^T M U)^+ U^T rhs. m: (B, n_f, n_f); u: (B, n_f, d); rhs: (B, n_f)."""
+    ut = u.transpose(-1, -2)
+    inv = torch.linalg.pinv(symmetric(ut @ m @ u), rtol=rtol, hermitian=True)
+    return (u @ (inv @ (ut @ rhs.unsqueeze(-1)))).squeeze(-1)
+
+
+def _fit_residual(x: Tensor, m: Tensor, a: Tensor, rhs_norm: Tensor) -> Tensor:
+    """||x^T A - r^T|| / ||r|| from M = A A^T, a = A r / ||r|| and ||r||: (B,)."""
+    quad = (x.unsqueeze(-2) @ m @ x.unsqueeze(-1)).reshape(rhs_norm.shape)
+    e2 = quad - 2 * rhs_norm * (x * a).sum(-1) + rhs_norm**2
+    return torch.sqrt(e2.clamp_min(0.0)) / rhs_norm
+
+
+@dataclass
+class Solution:
+    """Result of ``solve_transformed``: x (B, n_f) unit; weights c_t = (k+1) q_t^k at x
+    (B, K); residual (B,): the relative residual of the (projected) mean gradient, or with a
+    known weight ||x_raw^T A - lambda grad R^T|| / (lambda ||grad R||); iterations (B,) eigen
+    or linear solves used; converged (B,) whether the weights settled within tol; scale (B,)
+    with a known weight: ||x_raw||, the norm of the least-squares solution (1 for a unit
+    target and the right weight), else NaN."""
+
+    x: Tensor
+    weights: Tensor
+    residual: Tensor
+    iterations: Tensor
+    converged: Tensor
+    scale: Tensor
+
+
+def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None = None, *,
+                      prior: Tensor | None = None, prior_norm: Tensor | None = None,
+                      weight: float | Tensor | None = None, y_ref: Tensor | None = None,
+                      tol: float = 1e-10, max_iter: int = 100, damping: float = 0.0,
+                      rtol: float = 1e-12) -> Solution:
+    """Grad-IFV for FV with transformation robustness (and a prior): the fixed point on c.
+
+    Starting from equal weights, repeat: x = argmin ||x^T A(c)||^2 over unit x in
+    Im Z_k(y_ref)^{-1} C_M (Opt. (3) on the weighted mean gradient; with ``prior``: on
+    A(c)(I - g g^T), the weight eliminated; with ``prior``, ``prior_norm`` and a known
+    ``weight`` lambda: the least-squares x^T A(c) = lambda grad R^T instead, normalized);
+    then c <- (1-damping) c(x) + damping c. Stops per sample when the relative change of
+    c / mean|c| is at most ``tol``. k = 0: c = 1, one step, exact. Converges locally when
+    the per-transform gradients are small against the spectral gap (docs/robust-ifv.md).
+
+    ys: (B, K, n_f); cross: (B, K n_f, K n_f); basis C_M: (n_f, d), default R^{n_f};
+    prior: (B, K, n_f) = Dy_t g; prior_norm: (B,) = ||grad_v R||; y_ref: (B, n_f) for the
+    critical-space substitution and the sign, default the mean of the ybar_t.
+    """
+    ys = ys.double()
+    b, n_t, n_f = ys.shape
+    known = weight is not None
+    if known and (prior is None or prior_norm is None):
+        raise ValueError("a known prior weight needs prior and prior_norm")
+    if y_ref is None:
+        y_ref = unit(ys).mean(1)
+    y_ref = y_ref.double()
+    if basis is None:
+        basis = torch.eye(n_f, dtype=torch.float64, device=ys.device)
+    u = substitution(y_ref, k, basis)
+    rhs_norm = None
+    if known:
+        rhs_norm = (torch.as_tensor(weight, dtype=torch.float64, device=ys.device)
+                    * prior_norm.double()).expand(b)
+
+    nan = torch.full((b,), float("nan"), dtype=torch.float64, device=ys.device)
+
+    def step(c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x, its raw least-squares norm (NaN unless the weight is known), residual."""
+        m = weighted_gram(ys, cross, c, k)
+        if prior is None:
+            x = _smallest(m, u, y_ref)
+            return x, nan, relative_residual(x, m)
+        a = weighted_prior(ys, prior, c, k)
+        if not known:
+            mp = project_prior(m, a)
+            x = _smallest(mp, u, y_ref)
+            return x, nan, relative_residual(x, mp)
+        raw = _least_squares(m, u, rhs_norm.unsqueeze(-1) * a, rtol)
+        return unit(raw), raw.norm(dim=-1), _fit_residual(raw, m, a, rhs_norm)
+
+    def relative(c: Tensor) -> Tensor:
+        if known:  # the raw norm depends on the weights' scale
+            return c
+        return c / c.abs().mean(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+
+    c = torch.ones(b, n_t, dtype=torch.float64, device=ys.device)
+    x = torch.zeros(b, n_f, dtype=torch.float64, device=ys.device)
+    scale = nan.clone()
+    res = torch.zeros_like(scale)
+    iters = torch.zeros(b, dtype=torch.long, device=ys.device)
+    done = torch.zeros(b, dtype=torch.bool, device=ys.device)
+    for it in range(1, max_iter + 1):
+        xi, si, ri = step(c)
+        c_new = weights(xi, ys, k)
+        old = relative(c)
+        change = (relative(c_new) - old).norm(dim=-1) / old.norm(dim=-1)
+        keep = ~done
+        x = torch.where(keep.unsqueeze(-1), xi, x)
+        scale = torch.where(keep, si, scale)
+        res = torch.where(keep, ri, res)
+        iters = torch.where(keep, it, iters)
+        c = torch.where(keep.unsqueeze(-1), (1.0 - damping) * c_new + damping * c, c)
+        done = done | (change <= tol)
+        if bool(done.all()):
+            break
+    return Solution(x=x, weights=weights(x, ys, k), residual=res, iterations=iters,
+                    converged=done, scale=scale)
+
+
+def solve_prior(y: Tensor, gram: Tensor, u: Tensor, k: float, basis: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """Opt. (3) for a realization of S_x - lambda R with lambda unknown (no transforms):
+    ``inverse.solve`` on G - (Dy g)(Dy g)^T.
+
+    y: (B, n_f); gram G: (B, n_f, n_f); u = Dy g: (B, n_f), g the unit gradient of R o P
+    w.r.t. v. Returns x*: (B, n_f) and the smallest eigenvalue (B,).
+    """
+    return solve(y, project_prior(gram, u), k, basis)
+
+
+def prior_weight(x: Tensor, ys: Tensor, prior: Tensor, prior_norm: Tensor, k: float
+                 ) -> Tensor:
+    """The prior weight lambda that x implies: the least-squares factor of
+    x^T A(c) = lambda grad R^T, i.e. x^T A(c) g / ||grad R|| with c_t = (k+1) q_t^k at unit
+    x. Positive at a realization of S_x - lambda R with lambda > 0.
+
+    x: (B, n_f); ys, prior: (B, K, n_f) (K = 1 without transforms); prior_norm: (B,) -> (B,).
+    """
+    xu = unit(x.double())
+    a = weighted_prior(ys, prior, weights(xu, ys, k), k)
+    return (xu * a).sum(-1) / prior_norm.double()
+
+
+def solve_known_weight(y: Tensor, gram: Tensor, u: Tensor, prior_norm: Tensor,
+                       weight: float | Tensor, k: float, basis: Tensor | None = None, *,
+                       rtol: float = 1e-12) -> tuple[Tensor, Tensor, Tensor]:
+    """Opt. (3) with a known prior weight lambda (no transforms): the stationarity
+    h^T Dy = lambda grad R^T, h = grad S_x(y) = (k+1) q^k Z_k x, is linear in h: h is the
+    least-squares solution over h in C, x = Z_k^{-1} h / ||Z_k^{-1} h||.
+
+    y: (B, n_f); gram: (B, n_f, n_f); u = Dy g: (B, n_f); prior_norm: (B,); weight: lambda.
+    Returns x: (B, n_f); scale (B,) = ||Z^{-1} h|| / ((k+1) q^k) (1 for a unit target with
+    the right weight, proportional to the weight given); the relative residual
+    ||h^T Dy - lambda grad R^T|| / (lambda ||grad R||) (B,).
+    """
+    y = y.double()
+    n_f = y.shape[-1]
+    if basis is None:
+        basis = torch.eye(n_f, dtype=torch.float64, device=y.device)
+    cm = basis.double().to(y.device)
+    g = gram.double()
+    rhs_norm = (torch.as_tensor(weight, dtype=torch.float64, device=y.device)
+                * prior_norm.double()).expand(y.shape[0])
+    a = u.double()
+    cb = cm.expand(y.shape[0], *cm.shape)
+    h = _least_squares(g, cb, rhs_norm.unsqueeze(-1) * a, rtol)  # h in C
+    raw = (z_k_inv(y, k) @ h.unsqueeze(-1)).squeeze(-1)  # (k+1) q^k x
+    x = unit(raw)
+    q = (x * unit(y)).sum(-1)
+    scale = raw.norm(dim=-1) / ((k + 1.0) * q.pow(k))
+    return x, scale, _fit_residual(h, g, a, rhs_norm)
+
+
+# --- the quantities from a network -----------------------------------------------------------
+
+
+class _Then:
+    """P followed by a transform: v -> T(P(v))."""
+
+    def __init__(self, param: Callable[[Tensor], Tensor], op: Callable[[Tensor], Tensor]):
+        self.param, self.op = param, op
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self.op(self.param(v))
+
+
+def responses_under(response: Response, samples: Sequence[Callable[[Tensor], Tensor]]
+                    ) -> list[Response]:
+    """N~_T = Agg o N o T o P for each fixed transform T (``ifv.transform.Sampled``)."""
+    return [dataclasses.replace(response, param=_Then(response.param, t)) for t in samples]
+
+
+@dataclass
+class Quantities:
+    """What ``solve_transformed`` / ``solve_mean`` need, float64: y (B, K, n_f); cross
+    (B, K n_f, K n_f) or None; mean_gram (B, n_f, n_f), the Gram of the mean Jacobian;
+    prior (B, K, n_f) = Dy_t g and prior_norm (B,) = ||grad_v R|| or None; evaluations:
+    the Jacobians computed (each is one forward and n_f backward passes of the batch)."""
+
+    y: Tensor
+    cross: Tensor | None
+    mean_gram: Tensor
+    prior: Tensor | None
+    prior_norm: Tensor | None
+    evaluations: int
+
+
+def prior_gradient(prior: Callable[[Tensor], Tensor], v: Tensor) -> Tensor:
+    """grad_v R(v) per sample, R: (B, *shape) -> (B,) (e.g. a penalty on P(v)):
+    (B, n_p) in v's dtype."""
+    with torch.enable_grad():
+        w = v.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(prior(w).sum(), w)
+    return g.reshape(v.shape[0], -1)
+
+
+def quantities(responses: Sequence[ResponseFn], v: Tensor, *,
+               prior: Callable[[Tensor], Tensor] | None = None, cross: bool = True,
+               max_bytes: int = 1 << 30) -> Quantities:
+    """y_t, the cross-Grams Dy_t Dy_s^T, the mean Gram and Dy_t g for K response functions
+    (one per fixed transform, e.g. ``responses_under``) at realizations v: (B, *shape).
+
+    Jacobians come from ``ifv.jacobian.jacobian`` (method "loop"), one transform at a time
+    for the whole batch: each is B n_f n_p elements (J bytes). ``cross=False`` (k = 0):
+    K Jacobians, one at a time, and the mean Jacobian in float64 (memory ~ J + 8 B n_f n_p
+    bytes). ``cross=True``: the transforms are taken in groups of ``hold`` = max(1,
+    max_bytes // J - 1) Jacobians held at once; each group's blocks with every later
+    transform are formed by computing that one's Jacobian again, so memory is (hold + 1) J
+    plus the K^2 B n_f^2 float64 of ``cross``, and the Jacobians computed number K if all
+    fit (hold >= K), K (K + 1) / 2 at most (hold = 1). Responses must be deterministic.
+    """
+    n_t = len(responses)
+    if n_t == 0:
+        raise ValueError("need at least one transform")
+    b, n_p = v.shape[0], v[0].numel()
+    g = None
+    pnorm = None
+    if prior is not None:
+        grad = prior_gradient(prior, v).double()
+        pnorm = grad.norm(dim=-1)
+        g = grad / pnorm.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(-1)
+    ys: list[Tensor | None] = [None] * n_t
+    us: list[Tensor | None] = [None] * n_t
+    evaluations = 0
+
+    def jac(t: int) -> Tensor:
+        nonlocal evaluations
+        y, dy = jacobian(responses[t], v, method="loop")
+        evaluations += 1
+        if ys[t] is None:
+            ys[t] = y.double()
+            if g is not None:
+                us[t] = torch.stack([dy[i].double() @ g[i] for i in range(b)])
+        return dy
+
+    n_f = None
+    h = None
+    mean_jac = None
+    if not cross:
+        for t in range(n_t):
+            dy = jac(t)
+            if mean_jac is None:
+                mean_jac = torch.zeros(dy.shape, dtype=torch.float64, device=dy.device)
+            mean_jac += dy.double() / n_t
+            del dy
+        n_f = mean_jac.shape[1]
+        mg = torch.stack([gram(mean_jac[i]) for i in range(b)])
+    else:
+        with torch.no_grad():
+            n_f = responses[0](v[:1].detach()).shape[-1]
+        per_jac = max(1, b * n_f * n_p * v.element_size())
+        hold = max(1, min(n_t, max_bytes // per_jac - 1))
+        h = torch.empty((b, n_t, n_f, n_t, n_f), dtype=torch.float64, device=v.device)
+
+        def block(dt: Tensor, ds: Tensor, t: int, s: int) -> None:
+            for i in range(b):
+                if t == s:
+                    h[i, t, :, t, :] = gram(dt[i])
+                else:
+                    h[i, t, :, s, :] = dt[i].double() @ ds[i].double().T
+                    h[i, s, :, t, :] = h[i, t, :, s, :].T
+
+        for start in range(0, n_t, hold):
+            group = range(start, min(start + hold, n_t))
+            held = {t: jac(t) for t in group}
+            for t in group:
+                for s in group:
+                    if s >= t:
+                        block(held[t], held[s], t, s)
+            for s in range(group.stop, n_t):
+                ds = jac(s)
+                for t in group:
+                    block(held[t], ds, t, s)
+                del ds
+            del held
+        h = h.reshape(b, n_t * n_f, n_t * n_f)
+        mg = mean_gram(h, n_t)
+    y = torch.stack(ys, dim=1)  # type: ignore[arg-type]
+    u = torch.stack(us, dim=1) if g is not None else None  # type: ignore[arg-type]
+    return Quantities(y=y, cross=h, mean_gram=mg, prior=u, prior_norm=pnorm,
+                      evaluations=evaluations)
