@@ -1,14 +1,15 @@
 """Time the Jacobian methods of ifv.jacobian on small DenseNet-like CNNs (Sec. 2.1, 3.3).
 
 Run: ``python benchmarks/bench_jacobian.py [--extra] [--threads N]``. For every case, each
-method computes y and Dy for the whole batch; it runs once as a warm-up (whose Dy is
-checked against "loop") and then three times, and the best of the three is reported in
-seconds per sample together with its ratio to "loop" measured in the same run. The last
-row times ``response_and_gram`` with the default method: Dy plus the float64 Gram
-product. ``--extra`` adds alternatives that are not methods of ifv.jacobian: "batched"
-with all features in one is_grads_batched backward, per-sample vmap(jacrev), and a
-replicated batch (each sample repeated once per feature, one backward with one-hot
-cotangents); it takes several minutes.
+method ("batched" and "vmap" with all features' cotangents in one backward) computes y and
+Dy for the whole batch; it runs once as a warm-up (whose Dy is checked against "loop") and
+then three times, and the best of the three is reported in seconds per sample together
+with its ratio to "loop" measured in the same run. The last row times
+``response_and_gram`` with method auto (the loop on the CPU): Dy plus the float64 Gram
+product. ``--extra`` adds alternatives: "batched" with 16 features per is_grads_batched
+backward, per-sample vmap(jacrev), and a replicated batch (each sample repeated once per
+feature, one backward with one-hot cotangents); it takes several minutes. Table 1 per
+device is ``benchmarks/table1.py``.
 
 Threads: torch.set_num_threads(1) by default. The benchmark machine has 2 cores shared
 with other jobs; with 2 OpenMP threads and one core busy elsewhere, every parallel region
@@ -116,10 +117,10 @@ def bench(name: str, shape: tuple[int, int, int], batch: int, n_f: int, stem: in
     n_p = v[0].numel()
 
     candidates: dict[str, Callable[[], tuple[Tensor, Tensor]]] = {
-        m: (lambda m=m: jacobian(fn, v, method=m)) for m in METHODS}
+        m: (lambda m=m: jacobian(fn, v, method=m)) for m in METHODS if m != "auto"}
     if extra:
-        candidates["batched, all features"] = lambda: _jacobian_batched(
-            fn, v.detach().requires_grad_(True), features=n_f)
+        candidates["batched, 16 features"] = lambda: _jacobian_batched(
+            fn, v.detach().requires_grad_(True), cotangents=16)
         candidates["jacrev per sample"] = lambda: jacrev_per_sample(fn, v)
         candidates["replicated batch"] = lambda: replicated(fn, v)
 
@@ -144,7 +145,7 @@ def bench(name: str, shape: tuple[int, int, int], batch: int, n_f: int, stem: in
         return call
 
     rows = {label: checked(label, run) for label, run in candidates.items()}
-    rows["response_and_gram (loop)"] = lambda: response_and_gram(fn, v)
+    rows["response_and_gram (auto)"] = lambda: response_and_gram(fn, v)
     for label, call in rows.items():
         times[label] = best_of(call)
         print(f"{label:<26}{times[label] / batch:>10.4f}{times[label] / times['loop']:>8.2f}",

@@ -11,11 +11,11 @@
 #   3. Table 1 on the GPU (python -m benchmarks.table1 --device cuda);
 #   4. the paper-sized GoogLeNet stand-in trained on the GPU, and S4 experiment 1 (GN4c, 512
 #      features of inception4c at 224 px) at the paper's step counts with 64 targets;
-#   5. the demo setting on the GPU and on the CPU (same config and seed), compared sample by
-#      sample; then, if time is left, experiment 1 again with tf32=true.
+#   5. the demo setting on the GPU twice and on the CPU (same config and seed), compared
+#      sample by sample; then, if time is left, experiment 1 again with tf32=true.
 #
 # Everything lands in OUTDIR: gpu_check.log, tests.log, table1_bench.{md,csv}, the runs'
-# parquet files and summary.md (Table 1 rows, median angles, CPU vs GPU, TF32). --smoke runs
+# parquet files and summary.md (Table 1 rows, median angles, GPU vs CPU, GPU rerun, TF32). --smoke runs
 # the same steps on the CPU with tiny sizes (to check the script itself, in a few minutes).
 set -euo pipefail
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR [--smoke]}
@@ -42,8 +42,9 @@ echo "$REPO" > "$SITE/ifv-checkout.pth"
 "$PY" "$REPO/benchmarks/requirements.py" "$REPO/pyproject.toml" > "$OUT/requirements.txt"
 if ! "$ENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" \
     -r "$OUT/requirements.txt" > "$OUT/pip.log" 2>&1; then
-  missing=$(grep -o "No matching distribution found for [^ ]*" "$OUT/pip.log" | cut -d' ' -f6)
-  fail "packages missing on this node and not in $WHEELS: ${missing:-see $OUT/pip.log}; run benchmarks/gpu_wheels.sh $WHEELS ${missing} on a machine with internet"
+  missing=$("$ENV/bin/python" "$REPO/benchmarks/requirements.py" "$REPO/pyproject.toml" \
+    --missing | sed "s/.*/'&'/" | tr '\n' ' ')
+  fail "packages missing on this node and not in $WHEELS: ${missing:-see $OUT/pip.log}(see $OUT/pip.log); on a machine with internet: benchmarks/gpu_wheels.sh DIR ${missing}and copy DIR to $WHEELS"
 fi
 PYE="$ENV/bin/python"
 "$PYE" -c "import ifv, torch; print('ifv from', ifv.__file__, '| torch', torch.__version__, '| CUDA', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$OUT/gpu_check.log"
@@ -57,7 +58,7 @@ if [ "$MODE" = "--smoke" ]; then
   SIZES=(sampling.n_total=4 fv.adam_steps=3 fv.lbfgs_steps=3 reopt.steps=2 features.n=8)
   DEMO=(sampling.n_total=4 fv.adam_steps=5 fv.lbfgs_steps=5 reopt.steps=2
         model.train.n_train=64 model.train.n_test=16 model.train.epochs=1)
-  DEMO_DEVICES=(cpu)
+  DEMO_RUNS=(cpu:demo_cpu)
 else
   "$PYE" -c "import torch; assert torch.cuda.is_available()" \
     || fail "no CUDA device visible to torch $("$PYE" -c 'import torch; print(torch.__version__)')"
@@ -66,7 +67,7 @@ else
   TRAIN=()
   SIZES=(sampling.n_total=64)
   DEMO=(sampling.n_total=8)
-  DEMO_DEVICES=(cuda cpu)
+  DEMO_RUNS=(cuda:demo_cuda cuda:demo_cuda_again cpu:demo_cpu)
 fi
 
 # ---------------------------------------------------------------- 2. device tests
@@ -90,11 +91,12 @@ log "exp01 (GN4c) at the paper's step counts on $DEV"
   || fail "exp01 (see $OUT/exp01.log)"
 
 # ---------------------------------------------------------------- 5. CPU vs GPU, TF32
-for d in "${DEMO_DEVICES[@]}"; do
-  log "demo setting on $d"
+for run in "${DEMO_RUNS[@]}"; do  # DEVICE:NAME; each with its own stage cache
+  d=${run%%:*}
+  log "demo setting on $d (${run#*:})"
   "${IFV[@]}" run device=$d "${DEMO[@]}" progress=false figures=false \
-    hydra.run.dir="$OUT/runs/demo_$d" > "$OUT/demo_$d.log" 2>&1 \
-    || fail "demo on $d (see $OUT/demo_$d.log)"
+    stage_cache="$OUT/stages_${run#*:}" hydra.run.dir="$OUT/runs/${run#*:}" \
+    > "$OUT/${run#*:}.log" 2>&1 || fail "demo on $d (see $OUT/${run#*:}.log)"
 done
 if [ $((SECONDS - START)) -lt "$BUDGET" ]; then
   log "exp01 with tf32=true"

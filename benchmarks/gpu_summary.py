@@ -1,6 +1,6 @@
 """summary.md of benchmarks/gpu_check.sh: Table 1 as benchmarked, the runs' median angles
 and per-stage times beside the paper's, the same run on the GPU and the CPU sample by
-sample, and TF32 against full float32.
+sample, two runs on the GPU, and TF32 against full float32.
 
 Run: ``python -m benchmarks.gpu_summary OUTDIR`` (reads OUTDIR/table1_bench.md and
 OUTDIR/runs/*/results.parquet).
@@ -61,6 +61,7 @@ def main(out: Path) -> None:
               "for I*, Dy, x*, re-opt. (our t_reopt covers all re-optimized objectives "
               "of a sample)\n")
     for a, b, what in (("demo_cuda", "demo_cpu", "GPU vs CPU, the demo setting"),
+                       ("demo_cuda", "demo_cuda_again", "GPU rerun, the demo setting"),
                        ("exp01_cuda", "exp01_cuda_tf32", "float32 vs TF32, exp01")):
         if a in runs and b in runs:
             print(compare(runs[a], runs[b], what) + "\n")

@@ -203,9 +203,10 @@ def test_a_gpu_run_is_close_to_the_same_run_on_the_cpu(tmp_path: Path) -> None:
         frames[device] = run(exp, tmp_path / device, stage_cache=tmp_path / "stages",
                              progress=False, figures=False, log=lambda _: None)
     cpu, gpu = frames["cpu"], frames["cuda"]
-    pd.testing.assert_series_equal(cpu.angle_random, gpu.angle_random)  # same draws
-    assert (cpu.angle_pred - gpu.angle_pred).abs().max() < 5.0
-    assert (cpu.ssim_pred - gpu.ssim_pred).abs().max() < 0.05
+    pd.testing.assert_series_equal(cpu.angle_random, gpu.angle_random)  # the same draws
+    pd.testing.assert_series_equal(cpu.hoyer, gpu.hoyer)
+    assert abs(cpu.angle_pred.median() - gpu.angle_pred.median()) < 5.0
+    assert abs(cpu.ssim_pred.median() - gpu.ssim_pred.median()) < 0.05
 
 
 @cuda
