@@ -22,7 +22,10 @@ timed for one sample on the first ``--cpu-features`` features (default 32) and s
 n_f / 32, the number of backward passes (2 cores take minutes for one GoogLeNet-224
 sample's 512); on CUDA FV and re-optimization run at the profile's batches, and Dy + G of
 ``--gpu-jacobian-batch`` samples (default 8, i.e. 8 n_f cotangents) with every feature. Timings
-are best-of-``--repeats`` after a warm-up, with the device synchronized around each.
+are best-of-``--repeats`` after a warm-up, with the device synchronized around each. The
+CPU runs one thread by default (``--threads``), as ``bench_jacobian.py`` does and for the
+same reason: on a shared machine, more threads than free cores make timings 10-30x slower
+and noisy.
 """
 
 from __future__ import annotations
@@ -197,8 +200,9 @@ def main() -> None:
     parser.add_argument("--adam-steps", type=int, default=2)
     parser.add_argument("--lbfgs-steps", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch.set_num_threads on the CPU (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads (0: torch's default); see bench_jacobian.py "
+                             "for why one thread on a shared machine")
     parser.add_argument("--out", type=Path, help="folder for table1_bench.csv and .md")
     args = parser.parse_args()
     if args.threads:
