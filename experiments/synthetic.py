@@ -50,12 +50,14 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
            "stand_in": tier == "offline", "layer": layer,
            "n_channels": n_f if n_channels is None else n_channels, "n_f": n_f,
            "aggregation": aggregation, "k": float(k), "param": param, "seed": seed,
-           "n_p": n_p}
+           "n_p": n_p, "transforms": "none", "prior": "none", "prior_weight": 0.0,
+           "inversion_samples": 1}
     samples = {
         "sample": sample, "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
         "finite": np.ones(n, dtype=bool),
         "angle_response": _spread(angle_response, n, 10.0),
         "angle_random": _spread(angle_random, n, 5.0).clip(0.0, 90.0),
+        "angle_mean_response": _spread(angle_response, n, 10.0),
         "alpha": [alpha.copy() for _ in sample],
         "ssim_target": s_target,
         "ssim_response": _spread(ssim_response, n, 0.1),
@@ -76,6 +78,11 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
         "ssim_pred": _spread(ssim_pred, n, 0.05),
         "prediction": [eye[i % n_f] for i in sample],
     } for dim, center in spaces.items()]
+    for sp in per_space:  # no transforms and no prior: the robust solver is plain Grad-IFV
+        sp.update(angle_robust=sp["angle_pred"], ssim_robust=sp["ssim_pred"],
+                  prediction_robust=sp["prediction"], residual_robust=np.full(n, 1e-3),
+                  converged_robust=np.ones(n, dtype=bool),
+                  prior_weight_robust=np.full(n, np.nan))
     return results_frame(run, samples, per_space)
 
 

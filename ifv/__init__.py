@@ -4,12 +4,14 @@
 the realizations as images; ``invert`` recovers the objectives from images (realizations of
 any FV tool) by the closed-form solution of Opt. (3). Both take a zoo model's name (or any
 ``nn.Module``), a layer and a feature selection, validated by ``Setting`` (``ifv.api``).
+``compare`` compares two networks by FV on one and Grad-IFV on the other (Sec. 4).
 The low-level forms, on a response N~ = Agg o N o P and parameters v, are
 ``ifv.fv.realize``, ``ifv.jacobian.response_and_gram`` and ``ifv.inverse.solve``.
 """
 
 from ifv.api import Inversion, invert, visualize
+from ifv.comparison import Comparison, compare
 from ifv.fv import FVSettings
 from ifv.setting import Setting
 
-__all__ = ["FVSettings", "Inversion", "Setting", "invert", "visualize"]
+__all__ = ["Comparison", "FVSettings", "Inversion", "Setting", "compare", "invert", "visualize"]

@@ -29,7 +29,19 @@ from ifv.images import IMAGE_PARAMS, Source, load_images, load_params, to_params
 from ifv.inverse import full_space, reduced_gram, reduced_spectrum, solve
 from ifv.jacobian import METHODS, response_and_gram
 from ifv.metrics import relative_residual
-from ifv.setting import Features, Model, Param, Setting, choice
+from ifv.prior import Prior
+from ifv.robust import quantities, responses_under, solve_quantities
+from ifv.setting import (
+    Features,
+    Model,
+    Param,
+    PriorSpec,
+    Robust,
+    Setting,
+    Transforms,
+    choice,
+    describe_transforms,
+)
 
 INPUTS = ("image", "params")
 @dataclass
@@ -175,7 +187,8 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
            size: Sequence[int] | None = None, weights: str | None = None,
            cache_dir: str | Path | None = None, download: bool = False,
            device: str = "auto", tf32: bool = False, method: str = "auto",
-           progress: bool = True) -> Inversion:
+           transforms: Transforms = "none", prior: PriorSpec = "none",
+           robust: Robust | None = None, progress: bool = True) -> Inversion:
     """Grad-IFV for the user's realizations: the predicted objectives x* of Opt. (3).
 
     ``images``: paths (.pt, .npy, .png) or tensors/arrays in [0, 1], each one image (C, H, W)
@@ -188,19 +201,25 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
     ``layer``, explicit indices, or ``"all"``. ``critical``: a run's critical.parquet (its best
     space, or ``critical_dim``) or a basis C_M (n_f, d); default C = R^{n_f}. ``device``:
     where Dy and the algebra run (auto: CUDA where present; a module's own device);
-    ``method``: the Jacobian method (``ifv.jacobian``). The result's tensors are on the CPU.
+    ``method``: the Jacobian method (``ifv.jacobian``). ``transforms`` and ``prior``: how the
+    realizations were made (robust FV: none, standard, lucid, lucent or custom steps; none,
+    l2, tv, blur or {name, weight}, as in ``ifv.visualize``); with either, the robust solver
+    inverts them (docs/robust-ifv.md) with the options ``robust`` (default ``Robust()``: K =
+    32 transform samples of their own seed), and ``residual`` is its relative residual of the
+    mean gradient (``next_residual`` NaN). The result's tensors are on the CPU.
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
                      cache_dir=cache_dir, download=download, size=size, device=device,
-                     tf32=tf32)
+                     tf32=tf32, transforms=transforms, prior=prior)
     return invert_setting(images, s, critical, critical_dim=critical_dim, input=input,
-                          method=method, progress=progress)
+                          method=method, robust=robust, progress=progress)
 
 
 def invert_setting(images: Source | Sequence[Source], s: Setting,
                    critical: str | Path | Tensor | None = None, *,
                    critical_dim: int | None = None, input: str = "image",
-                   method: str = "auto", progress: bool = True) -> Inversion:
+                   method: str = "auto", robust: Robust | None = None,
+                   progress: bool = True) -> Inversion:
     """``invert`` for a validated ``Setting`` (``ifv invert`` builds one from its config)."""
     choice("input", input, INPUTS)
     choice("jacobian.method", method, METHODS)
@@ -220,22 +239,48 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
         v, sources = load_params(images, s.parametrization().shape)
     bound = s.bind(size, progress=progress)
     basis = _basis(critical, critical_dim, bound.n_f, s).to(bound.device)
+    rb = robust or Robust()
     with float32_precision(s.tf32):
         y, gram = response_and_gram(bound.response, v.to(bound.like()), method=method,
                                     progress=progress)
-    x_pred, _ = solve(y, gram, s.k, basis)
-    residual = relative_residual(x_pred, y, gram, s.k)
-    next_residual = _next_residual(y, gram, s.k, basis)
+        if bound.robust:
+            x_pred, residual = _invert_robust(bound, v.to(bound.like()), basis, rb)
+            next_residual = torch.full_like(residual, math.nan)
+    if not bound.robust:
+        x_pred, _ = solve(y, gram, s.k, basis)
+        residual = relative_residual(x_pred, y, gram, s.k)
+        next_residual = _next_residual(y, gram, s.k, basis)
     x_pred, y, gram, residual, next_residual = to(
         (x_pred, y, gram, residual, next_residual), "cpu")
     settings = {"model": s.model_name, "weights": s.weights, "layer": s.layer,
                 "n_f": bound.n_f, "aggregation": s.aggregation, "k": s.k, "param": s.param,
                 "input": input, "device": str(bound.device), "tf32": s.tf32,
                 "critical": str(critical) if isinstance(critical, str | Path) else None,
-                "critical_dim": basis.shape[1]}
+                "critical_dim": basis.shape[1],
+                "transforms": describe_transforms(s.transforms), "prior": s.prior,
+                "inversion": ({"samples": rb.samples if bound.transform is not None else 1,
+                               "seed": rb.seed, "tol": rb.tol, "max_iter": rb.max_iter}
+                              if bound.robust else None)}
     return Inversion(x_pred=x_pred, y=y, gram=gram, residual=residual,
                      next_residual=next_residual, features=bound.features,
                      sources=sources, settings=settings)
+
+
+def _invert_robust(bound: Any, v: Tensor, basis: Tensor, rb: Robust) -> tuple[Tensor, Tensor]:
+    """The robust solver's x* (B, n_f) and residual (B,) for realizations v made under the
+    bound setting's transforms and prior, ``rb.batch_size`` at a time."""
+    s = bound.setting
+    samples = ([lambda images: images] if bound.transform is None
+               else bound.transform.samples(rb.samples, rb.seed))
+    responses = responses_under(bound.response, samples)
+    prior = None if bound.prior is None else Prior(s.prior["name"], bound.param)
+    xs, res = [], []
+    for start in range(0, len(v), rb.batch_size):
+        q = quantities(responses, v[start:start + rb.batch_size], prior=prior, cross=s.k > 0)
+        sol = solve_quantities(q, s.k, basis.double(), tol=rb.tol, max_iter=rb.max_iter)
+        xs.append(sol.x)
+        res.append(sol.residual)
+    return torch.cat(xs), torch.cat(res)
 
 
 def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
@@ -244,20 +289,23 @@ def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
               settings: FVSettings | None = None, *, seed: int = 0,
               size: Sequence[int] | None = None, weights: str | None = None,
               cache_dir: str | Path | None = None, download: bool = False,
-              device: str = "auto", tf32: bool = False, progress: bool = True) -> Tensor:
+              device: str = "auto", tf32: bool = False, transforms: Transforms = "none",
+              prior: PriorSpec = "none", progress: bool = True) -> Tensor:
     """Realizations I* = P(v*) of the target objectives x, Opt. (1) with S_x of Sec. 2.
 
     x: (N, n_f) or (n_f,), normalized onto Omega, the unit sphere; the other arguments as
     in ``invert`` (an ``nn.Module`` needs ``size=(H, W)``); ``settings``: step counts
     (default ``FVSettings()``, Sec. 3.2); ``device``: where FV runs (the initial
-    parameters are drawn on the CPU from ``seed``, the same on every device). Returns P's
+    parameters are drawn on the CPU from ``seed``, the same on every device); ``transforms``
+    and ``prior``: robust FV (a fresh transform every Adam step, drawn from ``seed``; the
+    prior lambda R subtracted from S_x; ``ifv.setting.Setting.make``). Returns P's
     renders (N, C, H, W) in [0, 1] on the CPU, for P_rgb / P_fft / P_ffte the network's
     input images, which ``invert`` reads back. ``ifv.fv.realize`` returns the parameters v
     and the convergence record.
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
                      cache_dir=cache_dir, download=download, size=size, device=device,
-                     tf32=tf32)
+                     tf32=tf32, transforms=transforms, prior=prior)
     if s.size is None:
         raise UserError("visualize with an nn.Module needs size=(H, W) of its input")
     bound = s.bind(progress=progress)
@@ -273,5 +321,5 @@ def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
     with float32_precision(s.tf32):
         result = fv.realize(bound.response, (t / norm).to(bound.like()), s.k,
                             settings or FVSettings(), init=bound.init, seed=seed,
-                            progress=progress)
+                            progress=progress, transform=bound.transform, prior=bound.prior)
     return bound.param.render(result.v).detach().cpu()

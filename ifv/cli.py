@@ -35,6 +35,9 @@ commands:
                              Grad-IFV on your images (.pt, .npy, .png in [0, 1]): the
                              predicted objective's top features; the same overrides as
                              run, plus invert.*; `ifv invert --help`
+  compare [comparison=NAME] [KEY=VALUE ...]
+                             network A against B: FV on A, Grad-IFV on B, the matching
+                             beside the correlation baseline; `ifv compare --help`
   --help                     this text; `ifv run --help` shows the composed config
 
 examples:
@@ -224,8 +227,11 @@ def cmd_list(args: list[str]) -> int:
         if a.startswith("model.cache_dir="):
             cache = a.split("=", 1)[1]
     print("experiments: " + ", ".join(choices("experiment")))
+    print("comparisons: " + ", ".join(choices("comparison")) + " (ifv compare comparison=NAME)")
     print("profiles:    " + ", ".join(choices("profile")))
     print("aggregation: " + ", ".join(choices("aggregation")))
+    print("transforms:  " + ", ".join(choices("transforms")))
+    print("priors:      " + ", ".join(choices("prior")))
     print("models:")
     for spec in MODELS.values():
         path = spec.weights_file(cache)
@@ -251,7 +257,10 @@ The setting takes the same overrides as `ifv run` (default: the make demo settin
   model=NAME | network=NAME tier=offline|paper scale=small|paper, model.weights=PATH,
   model.cache_dir=DIR, model.download=true, layer=NAME, features=n64 | features.n=N|all |
   features.indices=[0,5,7], aggregation=NAME, k=K, param=rgb|fft|ffte,
-  device=auto|cpu|cuda|cuda:N, tf32=false|true, jacobian.method=auto|loop|batched|vmap
+  device=auto|cpu|cuda|cuda:N, tf32=false|true, jacobian.method=auto|loop|batched|vmap,
+  transforms=none|standard|lucid|lucent|custom (transforms.steps=[...]), prior=none|l2|tv|blur
+  (prior.weight=W): how the images were made; with either, the robust solver inverts them
+  with inversion.samples=K (32) transform samples of inversion.seed (docs/robust-ifv.md)
 and keys of its own:
   invert.input         image (default: files in [0, 1]) or params (.pt/.npy of P's variables v)
   invert.critical      a run's critical.parquet: C is its best critical space
@@ -264,7 +273,7 @@ and keys of its own:
 def cmd_invert(args: list[str]) -> int:
     """`ifv invert IMAGE... [KEY=VALUE ...]`: Grad-IFV (Opt. (3)) on the user's images."""
     from ifv.api import invert_setting
-    from ifv.setting import Setting, count
+    from ifv.setting import Robust, Setting, count
     from ifv.store import write_json
 
     if any(a in ("-h", "--help") for a in args):
@@ -285,11 +294,14 @@ def cmd_invert(args: list[str]) -> int:
     check_writable(Path(inv.out).expanduser().parent, "the folder of invert.out")
     res = invert_setting(images, Setting.from_config(cfg), inv.critical,
                          critical_dim=inv.critical_dim, input=inv.input,
-                         method=cfg.jacobian.method, progress=cfg.progress)
+                         method=cfg.jacobian.method, robust=Robust.from_config(cfg.inversion),
+                         progress=cfg.progress)
     s = res.settings
     per_file = Counter(f for f, _ in res.sources)
     print(f"Grad-IFV on {s['model']}.{s['layer']}: {s['n_f']} features, {s['aggregation']}, "
-          f"k={s['k']:g}, P_{s['param']['name']}, dim C = {s['critical_dim']}")
+          f"k={s['k']:g}, P_{s['param']['name']}, dim C = {s['critical_dim']}"
+          + (f"; robust: transforms {s['transforms']}, prior {s['prior']['name']}, "
+             f"K = {s['inversion']['samples']}" if s["inversion"] else ""))
     for (src, idx), best, r, nxt in zip(res.sources, res.top(top), res.residual.tolist(),
                                         res.next_residual.tolist(), strict=True):
         print(f"{src}{f'[{idx}]' if per_file[src] > 1 else ''}: residual {r:.2e} (next {nxt:.2e})")
@@ -302,7 +314,77 @@ def cmd_invert(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "invert": cmd_invert}
+COMPARE_HELP = """\
+usage: ifv compare [comparison=NAME] [KEY=VALUE ...]
+
+Network A is the setting of `ifv run` (model=, layer=, features=, aggregation=, k=, param=,
+fv.*, seed=, device=); B is A's network with a planted relation or a model of its own:
+  comparison=NAME       a prepared comparison (ifv list): dnde_permuted, dnde_seeds, ...
+  compare.planted       permuted | rescaled: B = A's network with the tapped channels
+                        permuted within their groups (and rescaled: compare.scale=S)
+  compare.b_model, compare.b_weights, compare.b_train.KEY=V (e.g. seed=1), compare.b_layer,
+  compare.b_features    B's own model (null: A's), recipe overrides, layer and features
+  compare.objectives    canonical e_i of A: all, or N evenly spaced; compare.n_random=N more
+  compare.images=[FILES]  the baseline's images (default: compare.n_images patterns)
+  compare.pairs         matched pairs shown with B's own FV; compare.max_residual,
+  compare.max_ratio,    compare.min_share: the confidence thresholds;
+  compare.out=DIR       the output folder (default outputs/compare/NAME/TIME)
+Writes compare.parquet, summary.json, correspondence.png, pairs.png (docs/compare.md).
+"""
+
+
+def cmd_compare(args: list[str]) -> int:
+    """`ifv compare [comparison=NAME] [KEY=VALUE ...]`: network A against network B through
+    FV on A and Grad-IFV on B (``ifv.comparison``)."""
+    import time
+
+    from ifv.comparison import compare, report, write
+    from ifv.setting import Experiment, Setting, _plain
+
+    if any(a in ("-h", "--help") for a in args):
+        print(COMPARE_HELP, end="")
+        return 0
+    flags = [a for a in args if "=" not in a]
+    if flags:
+        raise UserError(f"unknown argument {flags[0]!r}; use KEY=VALUE (ifv compare --help)")
+    cfg = compose([f"+{a}" if a.startswith("comparison=") else a for a in args])
+    c = cfg.compare
+    exp = Experiment.from_config(cfg)
+    a = exp.setting
+    own_b = any(v not in (None, {}) for v in (c.b_model, c.b_weights, c.b_layer, c.b_features)
+                ) or bool(c.b_train)
+    b = None
+    if c.planted is not None and own_b:
+        raise UserError("compare.planted makes B from A's network; drop compare.b_*")
+    if c.planted is None:
+        if not own_b:
+            raise UserError("which B? give comparison=NAME (ifv list), compare.planted="
+                            "permuted|rescaled, or B's own compare.b_model / compare.b_train")
+        f = cfg.features
+        features = _plain(c.b_features if c.b_features is not None else
+                          f.indices if f.indices is not None else f.n)
+        b = Setting.make(c.b_model or cfg.model.name, c.b_layer or cfg.layer, features,
+                         cfg.aggregation.name, cfg.k, _plain(cfg.param), weights=c.b_weights,
+                         cache_dir=cfg.model.cache_dir, train=_plain(c.b_train),
+                         device=cfg.device, tf32=cfg.tf32)
+    out = Path(c.out or f"outputs/compare/{c.name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    check_writable(out, "compare.out")
+    cache = StageCache(cfg.stage_cache).root
+    check_writable(cache, "stage_cache")
+    comp = compare(a, b, planted=c.planted, scale=c.scale, objectives=_plain(c.objectives),
+                   n_random=c.n_random, fv=exp.fv, images=_plain(c.images),
+                   n_images=c.n_images, pairs=c.pairs, seed=exp.seed,
+                   max_residual=c.max_residual, max_ratio=c.max_ratio, min_share=c.min_share,
+                   method=exp.jacobian_method, max_bytes=exp.jacobian_max_bytes, cache=cache,
+                   progress=cfg.progress)
+    paths = write(comp, out)
+    print(report(comp.summary()))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "invert": cmd_invert,
+            "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

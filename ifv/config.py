@@ -92,12 +92,54 @@ class CriticalConf:
 
 
 @dataclass
+class TransformsConf:
+    name: str = "none"                   # none, standard, lucid, lucent, or custom
+    steps: list[dict[str, Any]] | None = None  # custom: [{pad: PX}, {jitter: PX}, ...]
+
+
+@dataclass
+class PriorConf:
+    name: str = "none"                   # none, l2, tv, blur
+    weight: float | None = None          # null: the prior's default (ifv.prior.WEIGHTS)
+
+
+@dataclass
+class InversionConf:
+    samples: int = 32                    # transform samples K of the expectation estimate
+    seed: int = 12345                    # their own seed
+    tol: float = 1e-10                   # fixed point on the weights (k > 0)
+    max_iter: int = 100
+    batch_size: int = 8                  # realizations per robust-Jacobian part
+
+
+@dataclass
 class InvertConf:
     input: str = "image"                 # image, or params (P's variables v)
     critical: str | None = None          # a run's critical.parquet
     critical_dim: int | None = None
     top: int = 5
     out: str = "ifv-invert.json"
+
+
+@dataclass
+class CompareConf:                       # `ifv compare` only (ifv.comparison; docs/compare.md)
+    name: str = "compare"                # names the output folder outputs/compare/NAME/TIME
+    planted: str | None = None           # B = A's network permuted | rescaled; null: b_*
+    scale: float = 2.0                   # rescaled: d_j log-uniform in [1/scale, scale]
+    b_model: str | None = None           # B's zoo model; null: A's
+    b_weights: str | None = None
+    b_train: dict[str, Any] = field(default_factory=dict)  # B's recipe overrides, e.g. seed
+    b_layer: str | None = None           # null: A's layer
+    b_features: Any = None               # null: A's selection; a number, all or a list
+    objectives: Any = "all"              # canonical e_i: all of A's features or N of them
+    n_random: int = 0                    # sparse random objectives besides (scale fit)
+    images: list[str] | None = None      # the baseline's images; null: procedural patterns
+    n_images: int = 256
+    pairs: int = 16                      # matched pairs shown with B's own realization
+    max_residual: float = 0.1            # B's residual above it: far from B's optima
+    max_ratio: float = 0.5               # ... above max_ratio x the runner-up's: undetermined
+    min_share: float = 0.5               # a confident pair's least weight share
+    out: str | None = None               # null: outputs/compare/NAME/TIME
 
 
 @dataclass
@@ -126,6 +168,10 @@ class Config:
     jacobian: JacobianConf = field(default_factory=JacobianConf)
     critical: CriticalConf = field(default_factory=CriticalConf)
     invert: InvertConf = field(default_factory=InvertConf)
+    compare: CompareConf = field(default_factory=CompareConf)
+    transforms: TransformsConf = field(default_factory=TransformsConf)
+    prior: PriorConf = field(default_factory=PriorConf)
+    inversion: InversionConf = field(default_factory=InversionConf)
 
 
 def register() -> None:

@@ -5,12 +5,19 @@ batched but per sample: every sample has its own curvature history, its own Armi
 search and its own stopping test, so one sample's line search never holds back or pushes
 another (samples are independent: the network is in eval mode). Samples that have
 converged leave the batch.
+
+With transformation robustness (``ifv.transform``) every Adam step draws a fresh transform T
+for the batch and follows -S_x(N~_T(v)), as Lucid and Lucent do; L-BFGS, which needs one
+deterministic objective, then minimizes the mean of -S_x(N~_T(v)) over
+``transform_samples`` fixed draws of the run's seed, so that the realization is a
+stationary point of that estimate of E_T (docs/robust-ifv.md). A prior lambda R o P is
+added to the loss in both phases.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,7 +26,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ifv.device import synchronize, to
-from ifv.objective import ResponseFn, significance
+from ifv.objective import Response, ResponseFn, significance
+from ifv.robust import responses_under
+from ifv.transform import Op, Transform
+
+# A prior's term of the loss: parameters v (B, *shape) -> lambda R(P(v)) (B,).
+PriorFn = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class FVSettings:
     history: int = 10
     tol: float = 1e-7
     batch_size: int = 64
+    transform_samples: int = 16  # with transforms: the fixed draws L-BFGS averages over
 
 
 @dataclass
@@ -50,28 +63,41 @@ class FVResult:
     seconds: float
 
 
-def losses(response: ResponseFn, v: Tensor, x: Tensor, k: float) -> Tensor:
-    """-S_x(N~(v)) per sample: (B,)."""
-    return -significance(x, response(v), k)
+def losses(response: ResponseFn, v: Tensor, x: Tensor, k: float, *,
+           samples: Sequence[Op] | None = None, prior: PriorFn | None = None) -> Tensor:
+    """-S_x(N~(v)) per sample: (B,). With fixed transforms ``samples`` (``response`` a
+    ``Response``): the mean of -S_x(N~_T(v)) over them; with ``prior``: plus lambda R(P(v))."""
+    if samples is None:
+        f = -significance(x, response(v), k)
+    else:
+        assert isinstance(response, Response), "transforms need a Response (P before N)"
+        f = torch.stack([-significance(x, r(v), k)
+                         for r in responses_under(response, samples)]).mean(0)
+    return f if prior is None else f + prior(v)
 
 
-def _loss_grad(response: ResponseFn, v: Tensor, x: Tensor, k: float) -> tuple[Tensor, Tensor]:
+def _loss_grad(response: ResponseFn, v: Tensor, x: Tensor, k: float, *,
+               samples: Sequence[Op] | None = None, prior: PriorFn | None = None
+               ) -> tuple[Tensor, Tensor]:
     """Per-sample losses (B,) and their gradients w.r.t. v (B, *shape)."""
     with torch.enable_grad():
         v = v.detach().requires_grad_(True)
-        f = losses(response, v, x, k)
+        f = losses(response, v, x, k, samples=samples, prior=prior)
         (g,) = torch.autograd.grad(f.sum(), v)
     return f.detach(), g
 
 
 def adam(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, lr: float,
-         bar: tqdm | None = None) -> Tensor:
-    """``steps`` Adam steps on every sample of the batch (elementwise, hence per sample)."""
+         bar: tqdm | None = None, *, transform: Transform | None = None,
+         generator: torch.Generator | None = None, prior: PriorFn | None = None) -> Tensor:
+    """``steps`` Adam steps on every sample of the batch (elementwise, hence per sample).
+    With ``transform``: each step draws one transform for the batch from ``generator``."""
     v = v.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        losses(response, v, x, k).sum().backward()
+        samples = None if transform is None else [transform.sample(generator)]
+        losses(response, v, x, k, samples=samples, prior=prior).sum().backward()
         opt.step()
         if bar is not None:
             bar.update()
@@ -84,8 +110,10 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, history: int = 10,
-          tol: float = 1e-7, bar: tqdm | None = None) -> tuple[Tensor, Tensor]:
-    """Batched L-BFGS with a per-sample two-loop recursion and Armijo backtracking.
+          tol: float = 1e-7, bar: tqdm | None = None, *, samples: Sequence[Op] | None = None,
+          prior: PriorFn | None = None) -> tuple[Tensor, Tensor]:
+    """Batched L-BFGS with a per-sample two-loop recursion and Armijo backtracking, on
+    ``losses`` (with fixed transforms ``samples`` and a ``prior`` if given).
 
     A sample stops when its loss decreases by less than ``tol * max(1, |f|)`` in an
     iteration or when no step along its direction decreases the loss. All state lives on
@@ -97,7 +125,7 @@ def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, hist
     n = shape[0]
     dev = v.device
     v = v.detach().clone().reshape(n, -1)
-    f, g = _loss_grad(response, v.reshape(shape), x, k)
+    f, g = _loss_grad(response, v.reshape(shape), x, k, samples=samples, prior=prior)
     g = g.reshape(n, -1)
     s_hist = torch.zeros((history, *v.shape), dtype=v.dtype, device=dev)
     y_hist = torch.zeros_like(s_hist)
@@ -143,7 +171,8 @@ def lbfgs(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, hist
             if todo.numel() == 0:
                 break
             trial = v[idx[todo]] + t[todo].unsqueeze(1) * d[todo]
-            ft, gt = _loss_grad(response, trial.reshape(-1, *shape[1:]), x[idx[todo]], k)
+            ft, gt = _loss_grad(response, trial.reshape(-1, *shape[1:]), x[idx[todo]], k,
+                                samples=samples, prior=prior)
             ok = torch.isfinite(ft) & (ft <= f[idx[todo]] + 1e-4 * t[todo] * slope[todo])
             accepted[todo] = ok
             f_new[todo] = torch.where(ok, ft, f_new[todo])
@@ -183,7 +212,8 @@ class BatchStore(Protocol):
 def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FVSettings(), *,
             init: Callable[[int, torch.Generator], Tensor] | None = None,
             v0: Tensor | None = None, seed: int = 0, progress: bool = True,
-            desc: str = "FV", store: BatchStore | None = None) -> FVResult:
+            desc: str = "FV", store: BatchStore | None = None,
+            transform: Transform | None = None, prior: PriorFn | None = None) -> FVResult:
     """Realizations I* = P(v*) of the targets x (N, n_f), Opt. (1) with S_x of Sec. 2: the
     one FV entry point.
 
@@ -194,6 +224,12 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     ``settings.batch_size``, each optimized by itself: with a ``store``, a batch found there
     is taken as it is and each new one is saved, so an interrupted call resumes with the
     same result. ``seconds`` adds the batches' own times.
+
+    ``transform``: transformation robustness (``response`` must be a ``Response``): Adam
+    draws its transforms from a CPU generator seeded by ``seed`` and the batch's start, so
+    a batch's draws do not depend on the others; L-BFGS averages over
+    ``settings.transform_samples`` fixed draws seeded by ``seed`` too, and ``loss`` and
+    ``grad_norm`` are of that average. ``prior``: lambda R o P added to the loss (v -> (B,)).
     """
     if (init is None) == (v0 is None):
         raise ValueError("realize needs exactly one of init and v0")
@@ -201,6 +237,8 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     v0 = v0.detach().clone() if v0 is not None else init(n, torch.Generator().manual_seed(seed))
     dev = v0.device
     x = x.to(device=dev, dtype=v0.dtype)
+    samples = (None if transform is None
+               else transform.samples(settings.transform_samples, _batch_seed(seed, -1)))
     per_batch = settings.adam_steps + settings.lbfgs_steps
     nb = -(-n // settings.batch_size)
     bar = tqdm(total=nb * per_batch, desc=desc, disable=not progress, unit="step", leave=False)
@@ -211,12 +249,15 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
         if done is None:
             t0 = time.perf_counter()
             before = bar.n
+            draws = (None if transform is None
+                     else torch.Generator().manual_seed(_batch_seed(seed, start)))
             vb = adam(response, v0[start:stop], x[start:stop], k, settings.adam_steps,
-                      settings.adam_lr, bar)
+                      settings.adam_lr, bar, transform=transform, generator=draws, prior=prior)
             it = torch.zeros(vb.shape[0], dtype=torch.long, device=dev)
             if settings.lbfgs_steps:
                 vb, it = lbfgs(response, vb, x[start:stop], k, settings.lbfgs_steps,
-                               settings.history, settings.tol, bar)
+                               settings.history, settings.tol, bar, samples=samples,
+                               prior=prior)
             synchronize(dev)
             done = {"v": vb, "iters": it,
                     "seconds": torch.tensor(time.perf_counter() - t0, dtype=torch.float64)}
@@ -232,9 +273,15 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     bar.close()
     t0 = time.perf_counter()
     v = torch.cat(out_v)
-    f, grad = _loss_grad(response, v, x, k)
+    f, grad = _loss_grad(response, v, x, k, samples=samples, prior=prior)
     with torch.no_grad():
         y = response(v)
     synchronize(dev)
     return FVResult(v=v, y=y.detach(), loss=f, grad_norm=grad.flatten(1).norm(dim=1),
                     iters=torch.cat(out_iters), seconds=seconds + time.perf_counter() - t0)
+
+
+def _batch_seed(seed: int, start: int) -> int:
+    """The seed of the transforms Adam draws for the batch that starts at sample ``start``
+    (``start`` -1: L-BFGS's fixed draws)."""
+    return seed * 1_000_003 + start + 1

@@ -3,6 +3,11 @@
 targets -> realizations -> (y, G) -> critical spaces -> predictions -> metrics
 -> re-optimization/SSIM -> results.parquet, critical.parquet, images.npz
 
+With transforms or a prior (robust FV, docs/robust-ifv.md) FV and re-optimization run under
+them, and a "robust" stage computes the robust solver's quantities at the realizations
+(``ifv.robust.quantities`` on K transform samples of ``inversion.seed``) and solves them for
+every critical space; plain Grad-IFV (on the untransformed response) is kept beside it.
+
 FV, the Jacobians and re-optimization are cached (``ifv.store.StageCache``), each keyed by
 exactly the configuration it depends on, so a sweep over k recomputes from the realizations
 on, and a rerun reuses what is done. The tables' columns are ``ifv.results``'.
@@ -35,12 +40,14 @@ from ifv.metrics import (
     relative_residual,
     ssim,
 )
+from ifv.prior import Prior
 from ifv.results import critical_frame, results_frame
+from ifv.robust import prior_weight, quantities, responses_under, solve_quantities
 from ifv.sampling import hoyer, sample_targets
-from ifv.setting import Experiment
+from ifv.setting import Experiment, describe_transforms
 from ifv.store import Parts, StageCache, atomic_write, check_writable, content_key
 
-STAGE_VERSION = {"realizations": 2, "jacobian": 2, "reopt": 3}
+STAGE_VERSION = {"realizations": 2, "jacobian": 2, "reopt": 3, "robust": 1}
 # realizations kept as images (images.npz) for Fig. 4 and the difference maps of Fig. S2
 N_IMAGES = 16
 
@@ -79,14 +86,23 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     n = len(x)
     log(f"{exp.name}: {s.spec.name}.{s.layer}, n_f={bound.n_f}, {s.aggregation}, k={s.k:g}, "
         f"P_{s.param['name']}, {n} targets ({int(canonical.sum())} canonical), on {dev}")
+    robust = bound.robust
+    # robust FV's settings enter the keys only where set, so the bare case keeps its entries
+    fv_key = asdict(exp.fv)
+    robust_key: dict[str, Any] = {}
+    if robust:
+        robust_key = {"transforms": describe_transforms(s.transforms), "prior": s.prior}
+    else:
+        del fv_key["transform_samples"]
     real_key = {"model": model_key, "layer": s.layer, "features": features,
                 "aggregation": s.aggregation, "k": s.k, "param": s.param,
-                "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": asdict(exp.fv),
-                "device": dev.type, "precision": precision_key(dev, s.tf32)}
+                "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": fv_key,
+                "device": dev.type, "precision": precision_key(dev, s.tf32), **robust_key}
 
     def realizations(parts: Parts) -> dict[str, Any]:
         r = realize(response, x, s.k, exp.fv, init=bound.init, seed=exp.seed,
-                    progress=progress, desc="FV realizations", store=parts)
+                    progress=progress, desc="FV realizations", store=parts,
+                    transform=bound.transform, prior=bound.prior)
         return {"v": r.v, "loss": r.loss, "grad_norm": r.grad_norm, "iters": r.iters,
                 "seconds": r.seconds}
 
@@ -129,21 +145,27 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     preds = [solve(y, gram, s.k, sp.basis)[0] for sp in spaces]
     synchronize(dev)
     t_pred = (time.perf_counter() - t0) / len(spaces)
+    rob = (robust_stage(exp, bound, v, spaces, real_key, stage, progress) if robust else None)
     x_rand = random_objective(n, bound.n_f,
                               torch.Generator().manual_seed(exp.seed + 1)).to(dev)
     objectives = {"target": x, "response": unit(jac["y"]), "random": x_rand,
                   **{f"pred{i}": p for i, p in enumerate(preds)}}
+    if rob is not None:
+        objectives.update({f"robust{i}": p for i, p in enumerate(rob["x"])})
     reopt_key = {"realizations": real_key, "steps": exp.reopt.adam_steps,
                  "lr": exp.reopt.adam_lr, "batch": exp.reopt.batch_size,
                  "random_seed": exp.seed + 1,
                  "preds": content_key([p.cpu().numpy().round(10).tolist() for p in preds])}
+    if rob is not None:
+        reopt_key["robust"] = content_key(rob["x"].cpu().numpy().round(10).tolist())
 
     def reoptimizations(parts: Parts) -> dict[str, Any]:
         names = list(objectives)
         x_all = torch.cat([objectives[o] for o in names])
         v_all = v.repeat(len(names), *([1] * (v.dim() - 1)))
-        r = realize(response, x_all, s.k, exp.reopt, v0=v_all, progress=progress,
-                    desc="re-opt", store=parts)
+        r = realize(response, x_all, s.k, exp.reopt, v0=v_all, seed=exp.seed,
+                    progress=progress, desc="re-opt", store=parts,
+                    transform=bound.transform, prior=bound.prior)
         t0 = time.perf_counter()
         before = param.render(v)
         after = {o: param.render(m) for o, m in zip(names, r.v.split(len(v)), strict=True)}
@@ -167,7 +189,10 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
                   "stand_in": spec.tier == "offline", "layer": s.layer,
                   "n_channels": bound.n_channels, "n_f": bound.n_f,
                   "aggregation": s.aggregation, "k": s.k, "param": s.param["name"],
-                  "seed": exp.seed, "n_p": param.n_p}
+                  "seed": exp.seed, "n_p": param.n_p,
+                  "transforms": describe_transforms(s.transforms), "prior": s.prior["name"],
+                  "prior_weight": s.prior["weight"],
+                  "inversion_samples": exp.robust.samples if bound.transform is not None else 1}
     samples = {
         "sample": np.arange(n),
         "canonical": canonical.numpy(),
@@ -175,6 +200,8 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
         "finite": host(finite),
         "angle_response": host(angular_distance(x, jac["y"])),
         "angle_random": host(angular_distance(x, x_rand)),
+        "angle_mean_response": host(angular_distance(x, jac["y"] if rob is None
+                                                     else rob["y_mean"])),
         "alpha": list(flagged(alpha_coefficients(x, y, gram, s.k))),
         "ssim_target": host(re["ssim_target"]),
         "ssim_response": host(re["ssim_response"]),
@@ -196,6 +223,22 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
                   "ssim_pred": host(re[f"ssim_pred{i}"]),
                   "prediction": list(flagged(x_pred))}
                  for i, (sp, x_pred) in enumerate(zip(spaces, preds, strict=True))]
+    for i, (sp, cols) in enumerate(zip(spaces, per_space, strict=True)):
+        if rob is None:  # the robust solver without transforms and prior is plain Grad-IFV
+            cols.update(angle_robust=cols["angle_pred"], ssim_robust=cols["ssim_pred"],
+                        prediction_robust=cols["prediction"],
+                        residual_robust=flagged(relative_residual(preds[i], y, gram, s.k)),
+                        converged_robust=np.ones(n, dtype=bool),
+                        prior_weight_robust=np.full(n, np.nan))
+            continue
+        x_rob = rob["x"][i]
+        cols.update(angle_robust=flagged(projected_angle(x, x_rob, rob["y_mean"], s.k,
+                                                         sp.basis)),
+                    ssim_robust=host(re[f"ssim_robust{i}"]),
+                    prediction_robust=list(flagged(x_rob)),
+                    residual_robust=flagged(rob["residual"][i]),
+                    converged_robust=host(rob["converged"][i]),
+                    prior_weight_robust=flagged(rob["prior_weight"][i]))
     df = results_frame(run_values, samples, per_space)
     crit = critical_frame(df, {sp.dim: list(host(sp.complement.T)) for sp in spaces})
     best_i = int(np.flatnonzero(crit.best)[0])  # crit's rows are the spaces, in order
@@ -213,6 +256,57 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
                   for xi, c, hv in zip(x_host, canonical, samples["hoyer"], strict=True)]
         run_figures(df, param.render(v).detach().cpu(), titles, out_dir)
     return df
+
+
+def robust_stage(exp: Experiment, bound: Any, v: Tensor, spaces: list[CriticalSpace],
+                 real_key: dict[str, Any], stage: Callable[..., dict[str, Any]],
+                 progress: bool) -> dict[str, Tensor]:
+    """The robust solver at the realizations v (N, *shape), cached: per part of
+    ``inversion.batch_size`` realizations, ``ifv.robust.quantities`` on the K transform
+    samples (the identity without transforms) and, for every critical space, the solution.
+    Returns x (S, N, n_f) for S spaces, residual, converged, prior_weight (S, N), y_mean
+    (N, n_f) (the mean response over the samples) and seconds."""
+    s, rb = exp.setting, exp.robust
+    response, n = bound.response, len(v)
+    samples = ([lambda images: images] if bound.transform is None
+               else bound.transform.samples(rb.samples, rb.seed))
+    responses = responses_under(response, samples)
+    prior = None if bound.prior is None else Prior(s.prior["name"], bound.param)  # R o P
+    key = {"realizations": real_key, "samples": rb.samples, "seed": rb.seed, "tol": rb.tol,
+           "max_iter": rb.max_iter,
+           "spaces": content_key([sp.basis.cpu().numpy().round(10).tolist() for sp in spaces])}
+
+    def compute(parts: Parts) -> dict[str, Any]:
+        done = []
+        for start in range(0, n, rb.batch_size):
+            stop = min(start + rb.batch_size, n)
+            part = parts.load(start, stop)
+            if part is None:
+                t0 = time.perf_counter()
+                q = quantities(responses, v[start:stop], prior=prior, cross=s.k > 0,
+                               max_bytes=exp.jacobian_max_bytes)
+                sols = [solve_quantities(q, s.k, sp.basis.double(), tol=rb.tol,
+                                         max_iter=rb.max_iter) for sp in spaces]
+                nan = torch.full((stop - start,), float("nan"), dtype=torch.float64,
+                                 device=v.device)
+                weight = [nan if q.prior is None else
+                          prior_weight(sol.x, q.y, q.prior, q.prior_norm, s.k) for sol in sols]
+                synchronize(v.device)
+                part = {"x": torch.stack([sol.x for sol in sols]),
+                        "residual": torch.stack([sol.residual for sol in sols]),
+                        "converged": torch.stack([sol.converged for sol in sols]),
+                        "prior_weight": torch.stack(weight),
+                        "y_mean": q.y.mean(1), "seconds": time.perf_counter() - t0}
+                parts.save(start, stop, part)
+                if progress:
+                    print(f"robust solver: {stop} of {n} realizations", flush=True)
+            done.append(to(part, v.device))
+        out = {name: torch.cat([p[name] for p in done], dim=1)
+               for name in ("x", "residual", "converged", "prior_weight")}
+        return {**out, "y_mean": torch.cat([p["y_mean"] for p in done]),
+                "seconds": sum(float(p["seconds"]) for p in done)}
+
+    return stage("robust", key, compute)
 
 
 def _save_images(path: Path, images: dict[str, Tensor], targets: Tensor) -> None:
@@ -277,4 +371,10 @@ def summary(df: pd.DataFrame) -> str:
         f"random {med.ssim_random:.3f}",
         f"median relative residual ||x^T Z Dy||/||Z Dy||: {med.rel_residual:.2e}",
     ]
+    if (df.transforms != "none").any() or (df.prior != "none").any():
+        lines.append(f"robust FV (transforms {df.transforms.iloc[0]}, prior "
+                     f"{df.prior.iloc[0]}): median angle robust {med.angle_robust:.1f} deg "
+                     f"(plain Grad-IFV {med.angle_pred:.1f}, mean response "
+                     f"{med.angle_mean_response:.1f}), SSIM robust {med.ssim_robust:.3f}, "
+                     f"converged {int(df.converged_robust.sum())} of {len(df)}")
     return "\n".join(lines)

@@ -565,3 +565,92 @@ def run_figures(df: pd.DataFrame, images: Tensor, titles: list[str], out: Path) 
         ("ssim_kde.png", SSIM_KDE_SIZE, lambda f: ssim_kde(f.add_subplot(), best, title=title)),
     ]
     return [save(_render(size, draw), out / name) for name, size, draw in plots]
+
+
+# ---------------------------------------------------------------------------- ifv compare
+
+CORRESPONDENCE_CELL = 0.075  # inches per row / column of a correspondence matrix
+
+
+def matching_order(match: np.ndarray, share: np.ndarray, n_cols: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column orders that put a matching on the diagonal: rows by descending share
+    (unmatched last), columns as the rows' matches, then the unmatched columns.
+    match: (R,) column or -1; share: (R,) -> (rows (R,), cols (n_cols,))."""
+    key = np.where(match >= 0, -np.nan_to_num(share, nan=0.0), np.inf)
+    rows = np.argsort(key, kind="stable")
+    first = [int(match[r]) for r in rows if match[r] >= 0]
+    cols = np.array(first + [c for c in range(n_cols) if c not in set(first)], dtype=int)
+    return rows, cols
+
+
+def correspondence_size(n_rows: int, n_cols: int) -> Size:
+    """The natural size of ``correspondence_panels``."""
+    w = max(3.0, n_cols * CORRESPONDENCE_CELL) + 1.6
+    return 2 * w, max(3.0, n_rows * CORRESPONDENCE_CELL) + 1.6
+
+
+def _ticks(ax: Axes, labels_x: Sequence[int], labels_y: Sequence[int], most: int = 24) -> None:
+    for axis, labels, setter in ((ax.xaxis, labels_x, ax.set_xticks),
+                                 (ax.yaxis, labels_y, ax.set_yticks)):
+        step = max(1, -(-len(labels) // most))
+        pos = list(range(0, len(labels), step))
+        setter(pos, [str(labels[p]) for p in pos], fontsize=6)
+        axis.set_tick_params(length=2, pad=1)
+    ax.tick_params(axis="x", labelrotation=90)
+
+
+def correspondence(ax: Axes, weights: np.ndarray, rows: np.ndarray, cols: np.ndarray, *,
+                   own: np.ndarray, other: np.ndarray, flagged: np.ndarray,
+                   labels_a: Sequence[int], labels_b: Sequence[int], title: str = "",
+                   diverging: bool = False, label: str = "") -> AxesImage:
+    """One correspondence matrix (A's objectives x B's features) in the order (rows, cols):
+    ``own`` matching as small squares, the ``other`` matching as hollow circles, rows in
+    ``flagged`` marked red at the left. weights: (R, n); own, other: (R,) columns or -1;
+    ``diverging``: a signed colour scale in [-1, 1] (correlations), else [0, 1]."""
+    w = np.asarray(weights, dtype=float)[rows][:, cols]
+    im = ax.imshow(w, cmap="RdBu_r" if diverging else "magma", vmin=-1.0 if diverging else 0.0,
+                   vmax=1.0, aspect="auto", interpolation="nearest")
+    at = {int(c): q for q, c in enumerate(cols)}
+    for match, style in ((own, {"marker": "s", "s": 6, "facecolors": "none",
+                                "edgecolors": "lime", "linewidths": 0.6}),
+                         (other, {"marker": "o", "s": 14, "facecolors": "none",
+                                  "edgecolors": "cyan", "linewidths": 0.6})):
+        pts = [(at[int(match[r])], p) for p, r in enumerate(rows) if match[r] >= 0]
+        if pts:
+            qx, py = zip(*pts, strict=True)
+            ax.scatter(qx, py, **style)
+    bad = [p for p, r in enumerate(rows) if flagged[r]]
+    if bad:
+        ax.scatter([-1.2] * len(bad), bad, marker=">", s=8, color="red", clip_on=False)
+    _ticks(ax, [labels_b[c] for c in cols], [labels_a[r] for r in rows])
+    ax.set_xlabel("B's features (ordered by the IFV matching)", fontsize=8)
+    ax.set_ylabel("A's features (by confidence)", fontsize=8)
+    ax.set_title(title, fontsize=8)
+    cb = ax.figure.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
+    cb.set_label(label, fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    return im
+
+
+def correspondence_panels(fig: Canvas, weights: np.ndarray, corr: np.ndarray,
+                          match: np.ndarray, baseline: np.ndarray, share: np.ndarray,
+                          flagged: np.ndarray, labels_a: Sequence[int],
+                          labels_b: Sequence[int], *, title: str = "") -> list[Axes]:
+    """``ifv compare``'s heat map: |x_B(i)| (Grad-IFV) beside the baseline's correlations,
+    both in the order of the IFV matching (``matching_order``), each with the other's
+    matching circled. weights, corr: (R, n_b); match, baseline: (R,); share, flagged: (R,)."""
+    rows, cols = matching_order(match, share, weights.shape[1])
+    left, right = fig.subplots(1, 2)
+    correspondence(left, weights, rows, cols, own=match, other=baseline, flagged=flagged,
+                   labels_a=labels_a, labels_b=labels_b, label="|x_B(i)_j|",
+                   title="Grad-IFV on B of A's realizations: |x_B(i)| "
+                         "(squares: IFV matching, circles: baseline)")
+    correspondence(right, corr, rows, cols, own=baseline, other=match, flagged=flagged,
+                   labels_a=labels_a, labels_b=labels_b, diverging=True,
+                   label="Pearson correlation",
+                   title="baseline (Li et al. 2015): activation correlation "
+                         "(squares: baseline matching, circles: IFV)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return [left, right]

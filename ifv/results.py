@@ -32,6 +32,12 @@ RUN: dict[str, str] = {
     "param": "the parametrization P (Sec. 3.7)",
     "seed": "seed of targets, initializations and random objectives",
     "n_p": "number of P's variables",
+    "transforms": "FV's random transformations: none, standard, lucid, lucent, or the custom "
+                  "steps (docs/robust-ifv.md)",
+    "prior": "the image prior subtracted from S_x: none, l2, tv or blur",
+    "prior_weight": "its weight lambda (0 without a prior)",
+    "inversion_samples": "transform samples K of the robust solver's expectation estimate "
+                         "(1 without transforms)",
 }
 # Columns that hold one value per sample, the same in every critical space.
 SAMPLE: dict[str, str] = {
@@ -42,6 +48,8 @@ SAMPLE: dict[str, str] = {
               "sample's results are NaN and it is left out of the medians",
     "angle_response": "angle between the target and the feature response y",
     "angle_random": "angle between the target and a random objective",
+    "angle_mean_response": "angle between the target and the mean response over the robust "
+                           "solver's K transform samples (angle_response without transforms)",
     "alpha": "alpha_j: squared coefficients of the target in the left-singular vectors of "
              "Z_k Dy, ascending singular values (Sec. 3.4)",
     "ssim_target": "SSIM of the realization and its re-optimization w.r.t. the target",
@@ -69,6 +77,16 @@ SPACE: dict[str, str] = {
     "crit_fraction": "fraction of the target inside Z_k(y)^{-1} C",
     "ssim_pred": "SSIM of the realization and its re-optimization w.r.t. x*",
     "prediction": "the predicted objective x* (n_f,)",
+    "angle_robust": "angle_pred for the robust solver's prediction (docs/robust-ifv.md; "
+                    "without transforms and prior it is plain Grad-IFV, angle_pred)",
+    "ssim_robust": "SSIM of the realization and its re-optimization w.r.t. the robust "
+                   "prediction (ssim_pred without transforms and prior)",
+    "prediction_robust": "the robust solver's predicted objective (n_f,)",
+    "residual_robust": "its relative residual ||x^T A|| / ||A||_2 of the (projected) mean "
+                       "gradient (rel_residual of x* without transforms and prior)",
+    "converged_robust": "whether the fixed point on the weights settled (always for k = 0)",
+    "prior_weight_robust": "the prior weight the robust prediction implies (docs/robust-ifv.md "
+                           "Sec. 4; positive at a right answer; NaN without a prior)",
     "best_space": "true in the space with the lowest median angle_pred (Sec. 3.5)",
 }
 RESULTS: dict[str, str] = {**RUN, **SAMPLE, **SPACE}

@@ -413,3 +413,25 @@ def quantities(responses: Sequence[ResponseFn], v: Tensor, *,
     u = torch.stack(us, dim=1) if g is not None else None  # type: ignore[arg-type]
     return Quantities(y=y, cross=h, mean_gram=mg, prior=u, prior_norm=pnorm,
                       evaluations=evaluations)
+
+
+def solve_quantities(q: Quantities, k: float, basis: Tensor | None = None, *,
+                     tol: float = 1e-10, max_iter: int = 100) -> Solution:
+    """The robust solution from ``quantities``: k = 0 on the mean Jacobian (``solve_mean``,
+    with a prior on G_mean - u u^T, u the mean of Dy_t g), k > 0 the fixed point
+    (``solve_transformed``, which needs ``q.cross``); the prior's weight is eliminated.
+    basis C_M: (n_f, d), default R^{n_f}. Returns a ``Solution`` ((B, n_f) x and its record)."""
+    b, n_t, _ = q.y.shape
+    y_ref = unit(q.y.double()).mean(1)
+    if k == 0:
+        g = q.mean_gram if q.prior is None else project_prior(q.mean_gram, q.prior.mean(1))
+        x, _ = solve_mean(y_ref, g, basis)
+        ones = torch.ones(b, n_t, dtype=torch.float64, device=x.device)
+        nan = torch.full((b,), float("nan"), dtype=torch.float64, device=x.device)
+        return Solution(x=x, weights=ones, residual=relative_residual(x, g),
+                        iterations=torch.ones(b, dtype=torch.long, device=x.device),
+                        converged=torch.ones(b, dtype=torch.bool, device=x.device), scale=nan)
+    if q.cross is None:
+        raise ValueError("k > 0 needs the cross-Grams (quantities(..., cross=True))")
+    return solve_transformed(q.y, q.cross, k, basis, prior=q.prior, y_ref=y_ref, tol=tol,
+                             max_iter=max_iter)

@@ -7,6 +7,11 @@ response N~ = Agg o N o P. An offline stand-in missing from the model cache is t
 there, once, with a progress bar, wherever it is asked for (the one provisioning policy).
 ``Experiment`` adds what ``ifv run`` needs beyond the setting: targets, FV and
 re-optimization sizes, Algorithm 1's options, the seed.
+
+FV as Lucid and Lucent run it is part of the setting, since the inversion must know it:
+``transforms`` (none, a preset of ``ifv.transform.PRESETS`` or a list of steps) and a
+``prior`` (``ifv.prior.PRIORS`` with its weight); ``Robust`` holds the robust solver's
+options (docs/robust-ifv.md).
 """
 
 from __future__ import annotations
@@ -28,12 +33,28 @@ from ifv.models import check_layer, get_spec, load
 from ifv.models.registry import ModelSpec
 from ifv.objective import AGGREGATIONS, Response, tap
 from ifv.param import PARAMS, Parametrization, make_param
+from ifv.prior import PRIORS, WEIGHTS, Prior
 from ifv.store import check_writable
+from ifv.transform import (
+    PRESETS,
+    Jitter,
+    Pad,
+    RandomRotate,
+    RandomScale,
+    Step,
+    Transform,
+    preset,
+)
 
 Model = str | nn.Module
 Features = int | str | Sequence[int]
 Param = str | Mapping[str, Any]
+Transforms = str | Sequence[Mapping[str, Any]]
+PriorSpec = str | Mapping[str, Any]
 Log = Callable[[str], None]
+# The steps of a custom transforms list: {pad: px}, {jitter: px}, {scale: [factors]},
+# {rotate: [degrees]} (pad fills with grey; ifv's arithmetic, ``ifv.transform``).
+STEPS = ("pad", "jitter", "scale", "rotate")
 
 CANONICAL = ("half", "all")
 ORDERS = ("sequential", "pairwise", "random:SEED")
@@ -83,12 +104,80 @@ def _selection(features: Any) -> int | str | tuple[int, ...]:
         raise bad from None
 
 
+def _transforms(value: Any) -> str | tuple[tuple[str, Any], ...]:
+    """none, a preset name, or a custom list of steps as ((kind, value), ...)."""
+    valid = ("none", *PRESETS)
+    if isinstance(value, str):
+        return choice("transforms", value, valid)
+    bad = (f"transforms must be {', '.join(valid)} or a list of steps "
+           f"[{{pad: PX}}, {{jitter: PX}}, {{scale: [S, ..]}}, {{rotate: [DEG, ..]}}], "
+           f"got {value!r}")
+    if not isinstance(value, Sequence) or not value:
+        raise UserError(bad)
+    steps = []
+    for i, step in enumerate(value):
+        if not isinstance(step, Mapping) or len(step) != 1:
+            raise UserError(bad)
+        ((kind, arg),) = step.items()
+        key = f"transforms[{i}].{kind}"
+        choice(f"transforms[{i}] step", kind, STEPS)
+        if kind in ("pad", "jitter"):
+            steps.append((kind, count(key, arg)))
+            continue
+        if isinstance(arg, str) or not isinstance(arg, Sequence) or not arg:
+            raise UserError(f"{key} must be a non-empty list of numbers, got {arg!r}")
+        if kind == "scale":
+            steps.append((kind, tuple(number(key, a, strict=True) for a in arg)))
+        else:
+            steps.append((kind, tuple(number(key, a, low=-360.0) for a in arg)))
+    return tuple(steps)
+
+
+def _prior(value: Any) -> dict[str, Any]:
+    """{"name": a prior of PRIORS, "weight": lambda >= 0 (default ``ifv.prior.WEIGHTS``)}."""
+    options = dict(value) if isinstance(value, Mapping) else {"name": value}
+    name = choice("prior", options.pop("name", None), PRIORS)
+    weight = options.pop("weight", None)
+    if options:
+        raise UserError(f"unknown prior option(s) {sorted(options)}; valid: name, weight")
+    if name == "none":
+        if weight not in (None, 0, 0.0):
+            raise UserError("prior.weight needs a prior: prior=l2, tv or blur")
+        return {"name": name, "weight": 0.0}
+    return {"name": name,
+            "weight": WEIGHTS[name] if weight is None else number("prior.weight", weight)}
+
+
+def transform_steps(spec: str | tuple[tuple[str, Any], ...], height: int, width: int
+                    ) -> Transform | None:
+    """The ``Transform`` of a validated transforms value for height x width inputs (None
+    for none)."""
+    if spec == "none":
+        return None
+    if isinstance(spec, str):
+        return preset(spec, height, width)
+    make: dict[str, Callable[[Any], Step]] = {
+        "pad": lambda a: Pad(a, "constant", 0.5), "jitter": Jitter,
+        "scale": RandomScale, "rotate": RandomRotate}
+    return Transform(tuple(make[kind](arg) for kind, arg in spec))
+
+
+def describe_transforms(spec: str | tuple[tuple[str, Any], ...]) -> str:
+    """One string for a transforms value: its name, or the custom steps (``pad=3 jitter=2
+    scale=0.9,1.1``)."""
+    if isinstance(spec, str):
+        return spec
+    return " ".join(f"{kind}={','.join(f'{a:g}' for a in arg) if isinstance(arg, tuple) else arg}"
+                    for kind, arg in spec)
+
+
 @dataclass(frozen=True)
 class Bound:
     """A setting bound to its network: N~ = Agg o N o P and what it selects.
 
     ``response``: v (B, *param.shape) -> y (B, n_f); ``features``: the n_f channel indices;
-    ``n_channels``: the channels of the tapped layer.
+    ``n_channels``: the channels of the tapped layer; ``transform``: FV's random
+    transformations (None: none); ``prior``: lambda R o P (None: none).
     """
 
     setting: Setting
@@ -97,6 +186,13 @@ class Bound:
     response: Response
     features: list[int]
     n_channels: int
+    transform: Transform | None = None
+    prior: Prior | None = None
+
+    @property
+    def robust(self) -> bool:
+        """Whether FV is robust FV (transforms or a prior): the robust solver inverts it."""
+        return self.transform is not None or self.prior is not None
 
     @property
     def n_f(self) -> int:
@@ -124,7 +220,8 @@ class Setting:
     channels, ``"all"`` or explicit indices; ``param`` P's name and options; ``size`` the
     input's (H, W) where known (a zoo model's, or given for a module); ``device`` where
     every stage runs (``ifv.device.resolve``); ``tf32``: TF32 matmuls and convolutions on
-    CUDA (off: full float32).
+    CUDA (off: full float32); ``transforms``: none, a preset or custom steps ((kind, value),
+    ...); ``prior``: its name and weight.
     """
 
     spec: ModelSpec | None
@@ -140,6 +237,8 @@ class Setting:
     download: bool = False
     device: torch.device = torch.device("cpu")
     tf32: bool = False
+    transforms: str | tuple[tuple[str, Any], ...] = "none"
+    prior: dict[str, Any] = field(default_factory=lambda: {"name": "none", "weight": 0.0})
 
     @classmethod
     def make(cls, model: Model = "densenet_patterns", layer: str = "dense3",
@@ -148,13 +247,16 @@ class Setting:
              cache_dir: str | Path | None = None, download: bool = False,
              train: Mapping[str, Any] | None = None,
              size: Sequence[int] | None = None, device: str = "auto",
-             tf32: bool = False) -> Setting:
+             tf32: bool = False, transforms: Transforms = "none",
+             prior: PriorSpec = "none") -> Setting:
         """Validate everything that needs no network; raise ``UserError`` with what is valid.
 
         ``model``: a zoo name (``ifv list``) or an ``nn.Module`` in eval mode; ``train``:
         recipe overrides of a zoo model (a different checkpoint); ``device``: auto, cpu,
         cuda or cuda:N (a module stays where it is: ``auto`` takes its device, another
-        device must be its own).
+        device must be its own); ``transforms``: none, standard (Lucid's set sized to the
+        input), lucid, lucent or a list of steps ({pad: PX}, {jitter: PX}, {scale: [..]},
+        {rotate: [DEG, ..]}); ``prior``: none, l2, tv, blur or {name, weight}.
         """
         if not isinstance(tf32, bool):
             raise UserError(f"tf32 must be true or false, got {tf32!r}")
@@ -167,6 +269,7 @@ class Setting:
             if key != "name":
                 number(f"param.{key}", value)
         selection = _selection(features)
+        robust = {"transforms": _transforms(transforms), "prior": _prior(prior)}
         if size is not None:
             size = (count("size[0]", int(size[0]), 1), count("size[1]", int(size[1]), 1))
         if isinstance(model, nn.Module):
@@ -178,7 +281,7 @@ class Setting:
                 raise UserError(f"the model is on {own}, not on device {device}; move it "
                                 f"with model.to({str(dev)!r}) or pass device={str(own)!r}")
             return cls(None, model, layer, selection, aggregation, options, k, size,
-                       device=own, tf32=tf32)
+                       device=own, tf32=tf32, **robust)
         spec = get_spec(str(model)).with_recipe(**dict(train or {}))
         channels = spec.layers.get(layer, 0)
         check_layer(spec, layer, channels if selection == "all" else selection)
@@ -191,7 +294,7 @@ class Setting:
         setting = cls(spec, None, layer, selection, aggregation, options, k, spec.input_size,
                       weights=None if weights is None else str(weights),
                       cache_dir=None if cache_dir is None else str(cache_dir),
-                      download=bool(download), device=dev, tf32=tf32)
+                      download=bool(download), device=dev, tf32=tf32, **robust)
         setting.parametrization()  # P's options, checked before any work
         if weights is None and spec.tier == "offline" and not spec.checkpoint(cache_dir).exists():
             check_writable(spec.checkpoint(cache_dir).parent, "the model cache")  # to train
@@ -200,13 +303,14 @@ class Setting:
     @classmethod
     def from_config(cls, cfg: Any) -> Setting:
         """The setting of a composed config (``ifv.config``): model.*, layer, features.*,
-        aggregation.name, param, k, device, tf32."""
+        aggregation.name, param, k, device, tf32, transforms.*, prior.*."""
         m = cfg.model
         features = cfg.features.indices if cfg.features.indices is not None else cfg.features.n
         return cls.make(m.name, cfg.layer, _plain(features), cfg.aggregation.name, cfg.k,
                         _plain(cfg.param), weights=m.weights, cache_dir=m.cache_dir,
                         download=m.download, train=_plain(m.train), device=cfg.device,
-                        tf32=cfg.tf32)
+                        tf32=cfg.tf32, transforms=_transforms_config(cfg.transforms),
+                        prior=_plain(cfg.prior))
 
     @property
     def model_name(self) -> str:
@@ -265,7 +369,11 @@ class Setting:
                     else _probe(net, self.layer, p))
         idx = self.features(channels)
         response = Response(net, p, self.layer, idx, self.aggregation)
-        return Bound(self, net, p, response, idx, channels)
+        h, w = self.size or size or (0, 0)  # as parametrization() found them
+        prior = (None if self.prior["name"] == "none"
+                 else Prior(self.prior["name"], p, self.prior["weight"]))
+        return Bound(self, net, p, response, idx, channels,
+                     transform_steps(self.transforms, h, w), prior)
 
     def model_key(self) -> dict[str, Any]:
         """The identity of a zoo model's weights, for cache keys (a file by path, size and
@@ -304,6 +412,18 @@ def _probe(net: nn.Module, layer: str, param: Parametrization) -> int:
     return int(a.shape[1]) if a.dim() >= 2 else 1
 
 
+def _transforms_config(node: Any) -> Any:
+    """transforms.name, or with name custom its transforms.steps."""
+    if node.name != "custom":
+        if node.steps is not None:
+            raise UserError("transforms.steps needs transforms=custom")
+        return str(node.name)
+    if node.steps is None:
+        raise UserError("transforms=custom needs transforms.steps=[{pad: PX}, {jitter: PX}, "
+                        "{scale: [..]}, {rotate: [..]}]")
+    return _plain(node.steps)
+
+
 def _plain(node: Any) -> Any:
     """A config node as plain Python values (lists, dicts, scalars)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -322,6 +442,29 @@ class Critical:
     n_jacobians: int = 32
     order: str = "sequential"
     rho: float | None = None
+
+
+@dataclass(frozen=True)
+class Robust:
+    """The robust solver's options (docs/robust-ifv.md): the expectation over transforms is
+    estimated from ``samples`` fixed draws of their own ``seed``; the fixed point on the
+    weights (k > 0) stops at relative change ``tol`` or after ``max_iter`` steps;
+    ``batch_size`` realizations at a time (each holds K^2 n_f^2 float64 of cross-Grams)."""
+
+    samples: int = 32
+    seed: int = 12345
+    tol: float = 1e-10
+    max_iter: int = 100
+    batch_size: int = 8
+
+    @classmethod
+    def from_config(cls, c: Any) -> Robust:
+        """``inversion.*`` of a composed config."""
+        return cls(samples=count("inversion.samples", c.samples, 1),
+                   seed=count("inversion.seed", c.seed),
+                   tol=number("inversion.tol", c.tol),
+                   max_iter=count("inversion.max_iter", c.max_iter, 1),
+                   batch_size=count("inversion.batch_size", c.batch_size, 1))
 
 
 @dataclass(frozen=True)
@@ -346,6 +489,7 @@ class Experiment:
     jacobian_max_bytes: int = 1 << 30
     jacobian_batch: int = 32
     critical: Critical = field(default_factory=Critical)
+    robust: Robust = field(default_factory=Robust)
 
     @property
     def n_f(self) -> int:
@@ -371,7 +515,9 @@ class Experiment:
                         lbfgs_steps=count("fv.lbfgs_steps", f.lbfgs_steps),
                         history=count("fv.history", f.history, 1),
                         tol=number("fv.tol", f.tol),
-                        batch_size=count("fv.batch_size", f.batch_size, 1))
+                        batch_size=count("fv.batch_size", f.batch_size, 1),
+                        transform_samples=count("fv.transform_samples", f.transform_samples,
+                                                1))
         reopt = FVSettings(adam_steps=count("reopt.steps", r.steps),
                            adam_lr=number("reopt.lr", r.lr, strict=True), lbfgs_steps=0,
                            batch_size=count("reopt.batch_size", r.batch_size, 1))
@@ -392,7 +538,7 @@ class Experiment:
                    jacobian_method=choice("jacobian.method", cfg.jacobian.method, METHODS),
                    jacobian_max_bytes=count("jacobian.max_bytes", cfg.jacobian.max_bytes, 1),
                    jacobian_batch=count("jacobian.batch_size", cfg.jacobian.batch_size, 1),
-                   critical=critical)
+                   critical=critical, robust=Robust.from_config(cfg.inversion))
 
 
 def _n_canonical(canonical: Any, n_total: int, n_f: int) -> int:

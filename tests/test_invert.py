@@ -200,7 +200,8 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         "model": "densenet_patterns", "weights": "random", "layer": "dense3", "n_f": 4,
         "aggregation": "maxpool_mean", "k": 2.0, "param": {"name": "rgb", "init_std": 0.01},
         "input": "image", "device": "cpu", "tf32": False,
-        "critical": None, "critical_dim": 3}
+        "critical": None, "critical_dim": 3, "transforms": "none",
+        "prior": {"name": "none", "weight": 0.0}, "inversion": None}
     assert doc["features"] == [0, 1, 2, 3]
     (row,) = doc["images"]
     ref = ifv.invert(png, weights="random", features=4, critical=crit)
@@ -265,7 +266,8 @@ def test_cli_user_errors_are_one_line(case: str, tmp_path: Path, capsys: pytest.
 
 
 def test_top_level_api() -> None:
-    assert ifv.__all__ == ["FVSettings", "Inversion", "Setting", "invert", "visualize"]
+    assert ifv.__all__ == ["Comparison", "FVSettings", "Inversion", "Setting", "compare", "invert",
+                           "visualize"]
     from ifv import inverse
 
     assert not hasattr(inverse, "invert")  # end to end lives in ifv.api alone

@@ -1,0 +1,283 @@
+"""``ifv compare``: planted copies, the algebra of the correspondence, the baseline, the
+outputs and the command's errors (ifv.comparison)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import Tensor, nn
+
+import ifv
+from ifv.cli import main
+from ifv.comparison import (
+    agreement,
+    channel_groups,
+    correlation,
+    draw_planted,
+    expected_objective,
+    fit_scales,
+    hungarian,
+    planted_copy,
+    shares,
+    write,
+)
+from ifv.errors import UserError
+from ifv.fv import FVSettings
+from ifv.inverse import solve, unit, z_k
+from ifv.metrics import angular_distance
+from ifv.models.densenet import DenseNetBC
+from ifv.models.googlenet import GoogLeNetFV
+from ifv.objective import tap
+
+FAST = FVSettings(adam_steps=40, lbfgs_steps=40, batch_size=64)
+RANDOM = ["model.weights=random", "compare.objectives=2", "compare.pairs=0",
+          "compare.n_images=8", "fv.adam_steps=1", "fv.lbfgs_steps=0", "progress=false"]
+
+
+def _perturb_bn(net: nn.Module, seed: int = 1) -> nn.Module:
+    """Batch norms with non-trivial statistics and affine parts, so that folds are tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.3 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+    return net.eval()
+
+
+def _tiny_densenet() -> nn.Module:
+    """DenseNet-BC-10 (one layer per block, growth 4): dense3 has 5 + 4 channels."""
+    torch.manual_seed(0)
+    net = _perturb_bn(DenseNetBC(depth=10, growth=4, num_classes=3, activation="softplus"))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@pytest.mark.parametrize("layer", ["dense1", "dense2", "dense3"])
+def test_densenet_copy_computes_the_same_function(layer: str) -> None:
+    torch.manual_seed(0)
+    net = _perturb_bn(DenseNetBC(depth=22, growth=12, activation="softplus"))
+    groups = channel_groups(net, layer)
+    assert sum(groups) == tap(net, layer, torch.rand(1, 3, 32, 32)).shape[1]
+    perm, d = draw_planted(groups, torch.Generator().manual_seed(0), scale=3.0)
+    b = planted_copy(net, layer, perm, d)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), net(x), rtol=1e-5, atol=1e-5)
+        a_t, b_t = tap(net, layer, x), tap(b, layer, x)
+    torch.testing.assert_close(b_t[:, perm], d[perm].float().view(1, -1, 1, 1) * a_t,
+                               rtol=1e-4, atol=1e-4)
+    assert not torch.equal(perm, torch.arange(len(perm)))  # a real permutation
+
+
+def test_googlenet_copy_computes_the_same_function() -> None:
+    torch.manual_seed(0)
+    net = _perturb_bn(GoogLeNetFV(10, activation="softplus", pool="avg",
+                                  preactivation=["inception4c"]))
+    assert channel_groups(net, "inception4c") == [128, 256, 64, 64]
+    perm, d = draw_planted(channel_groups(net, "inception4c"),
+                           torch.Generator().manual_seed(0), scale=3.0)
+    b = planted_copy(net, "inception4c", perm, d)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), net(x), rtol=1e-5, atol=1e-5)
+        a_t, b_t = tap(net, "inception4c", x), tap(b, "inception4c", x)
+    torch.testing.assert_close(b_t[:, perm], d[perm].float().view(1, -1, 1, 1) * a_t,
+                               rtol=1e-4, atol=1e-4)
+    perm4b, d4b = draw_planted(channel_groups(net, "inception4b"),
+                               torch.Generator().manual_seed(0), scale=3.0)
+    planted_copy(net, "inception4b", perm4b)  # permuting needs no pre-activation tap ...
+    with pytest.raises(UserError, match="pre-activation"):  # ... rescaling does
+        planted_copy(net, "inception4b", perm4b, d4b)
+
+
+def test_planted_copy_refuses_what_it_cannot_do() -> None:
+    net = DenseNetBC(depth=10, growth=4).eval()
+    with pytest.raises(UserError, match="dense1, dense2, dense3"):
+        channel_groups(net, "trans1")
+    with pytest.raises(ValueError, match="within the channel groups"):
+        planted_copy(net, "dense3", torch.arange(9).flip(0))
+    with pytest.raises(UserError, match="DenseNet-BC and GoogLeNet"):
+        channel_groups(nn.Sequential(nn.Conv2d(3, 4, 1)), "0")
+
+
+def _planted_problem(k: float, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y_A, Dy_A with an exact optimum of f_{x_A}: x_A^T Z_k(y_A) Dy_A = 0."""
+    g = torch.Generator().manual_seed(seed)
+    n, p = 6, 40
+    y = torch.rand(2, n, generator=g, dtype=torch.float64) + 0.5
+    x = unit(torch.rand(2, n, generator=g, dtype=torch.float64))
+    dy = torch.randn(2, n, p, generator=g, dtype=torch.float64)
+    w = unit((z_k(y, k) @ x.unsqueeze(-1)).squeeze(-1))  # rows of Dy orthogonal to Z_k x
+    dy = dy - w.unsqueeze(-1) * (w.unsqueeze(-2) @ dy)
+    return y, dy, x, torch.randperm(n, generator=g)
+
+
+@pytest.mark.parametrize("k", [0.0, 2.0])
+def test_rescaled_permuted_objective_is_the_exact_formula(k: float) -> None:
+    """At an exact optimum, Grad-IFV on B = P D A gives (*) exactly; for k = 0 that is
+    P D^{-1} x_A, for k = 2 it is not (S_x's normalization is not scale invariant)."""
+    y, dy, x, to_a = _planted_problem(k)
+    d = torch.tensor([0.5, 2.0, 1.3, 0.7, 1.9, 1.0], dtype=torch.float64)
+    y_b, dy_b = (d * y)[:, to_a], (d[:, None] * dy)[:, to_a]
+    x_b, _ = solve(y_b, dy_b @ dy_b.transpose(1, 2), k)
+    exp = expected_objective(x, y, y_b, to_a, d, k)
+    assert float(angular_distance(x_b, exp).max()) < 1e-6
+    naive = unit((x / d)[:, to_a])
+    gap = float(angular_distance(x_b, naive).max())
+    assert gap < 1e-6 if k == 0 else gap > 1.0
+
+
+def test_permutation_is_exactly_equivariant() -> None:
+    y, dy, _, to_a = _planted_problem(2.0)
+    dy = dy + 0.1 * torch.randn(dy.shape, dtype=torch.float64)  # no exact optimum
+    x_a, _ = solve(y, dy @ dy.transpose(1, 2), 2.0)
+    y_b, dy_b = y[:, to_a], dy[:, to_a]
+    x_b, _ = solve(y_b, dy_b @ dy_b.transpose(1, 2), 2.0)
+    torch.testing.assert_close(x_b, x_a[:, to_a], rtol=0, atol=1e-10)
+
+
+def test_fit_scales_recovers_a_planted_diagonal() -> None:
+    g = torch.Generator().manual_seed(0)
+    w_a = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    d = torch.exp(torch.randn(7, generator=g, dtype=torch.float64))
+    perm = torch.randperm(7, generator=g)  # A feature i is B feature perm[i]
+    w_b = torch.zeros(5, 7, dtype=torch.float64)
+    w_b[:, perm] = w_a / d * torch.rand(5, 1, generator=g, dtype=torch.float64)
+    fit, residual = fit_scales(w_a, w_b, perm)
+    torch.testing.assert_close(fit, d / torch.exp(torch.log(d).mean()), rtol=1e-9, atol=0)
+    assert residual < 1e-12
+
+
+def test_matching_shares_correlation_agreement() -> None:
+    w = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.8, 0.1], [0.7, 0.1, 0.1]])
+    m = hungarian(w)
+    assert m.tolist() == [1, 0, 2] or m.tolist() == [1, 2, 0]
+    assert hungarian(torch.ones(3, 2)).eq(-1).sum() == 1  # more rows than columns
+    s = shares(torch.tensor([[3.0, 4.0]]), torch.tensor([1]))
+    assert abs(float(s[0]) - 0.64) < 1e-12
+    a = torch.randn(10, 4, 3, 3, dtype=torch.float64)
+    perm = torch.tensor([2, 0, 3, 1])
+    b = torch.empty_like(a)
+    b[:, perm] = a * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1, 1)
+    c = correlation(a, b)
+    torch.testing.assert_close(c[torch.arange(4), perm], torch.ones(4, dtype=torch.float64))
+    assert hungarian(c).tolist() == perm.tolist()
+    assert agreement(torch.tensor([0, 1, 2, -1]), torch.tensor([0, 2, 2, 1])) == 2 / 3
+    assert correlation(torch.zeros(4, 2, 2, 2), a[:4, :2]).abs().max() == 0  # constant: 0
+
+
+@pytest.mark.parametrize(("planted", "k"), [("permuted", 2), ("rescaled", 0),
+                                            ("rescaled", 2)])
+def test_planted_copy_is_recovered(planted: str, k: float, tmp_path: Path) -> None:
+    """The small case: every feature of a DenseNet-BC-10's dense3 is matched to its true
+    partner, by Grad-IFV and by the baseline; the exact relation (*) holds up to FV's
+    residual; k = 0 gives the scales back."""
+    a = ifv.Setting.make(_tiny_densenet(), "dense3", "all", k=k, size=(16, 16))
+    comp = ifv.compare(a, planted=planted, scale=2.0, n_random=6, fv=FAST, pairs=2,
+                       n_images=16, progress=False, log=lambda _: None)
+    s = comp.summary()
+    assert s["baseline_recovered"] == 1.0
+    ang = angular_distance(comp.x_b, comp.expected)
+    if planted == "permuted":  # exactly equivariant: B's rows are A's, permuted
+        assert float(ang.max()) < 1e-3
+        assert s["recovered"] == 1.0 and s["agreement"] == 1.0
+    elif k == 0:  # (*) is P D^{-1} x_A: exact where the realization determines x_A well
+        sharp = comp.residual_b < 0.1 * comp.next_residual_b
+        assert int(sharp.sum()) >= 6 and float(ang[sharp].max()) < 0.1
+        assert s["recovered"] == 1.0 and s["agreement"] == 1.0
+    else:  # k = 2: e_i maps near, not onto, e_pi(i); every confident pair is right
+        can = comp.canonical
+        assert s["confident"] >= 0.5 and bool((comp.match == comp.truth)[comp.confident].all())
+        assert float(ang[can].median()) < 1.0 and s["median_angle_truth"] > 1.0
+    if planted == "rescaled" and k == 0:  # scales drawn in [1/2, 2]; FAST's few FV steps
+        # leave each fit off by about the realizations' residual, which varies with the
+        # thread count's summation order (median 1-3%, max 3-7% measured)
+        assert s["scale_error_median"] < 0.05 and s["scale_error_max"] < 0.1
+    paths = write(comp, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(
+        ["compare.parquet", "summary.json", "correspondence.png", "pairs.png"])
+    df = pd.read_parquet(tmp_path / "compare.parquet")
+    for col in ("objective", "canonical", "feature_a", "target", "x_b", "residual_b",
+                "near_optimum_b", "match_b", "share", "confident", "baseline_b", "agree",
+                "realization", "truth_b", "correct", "expected_b", "angle_expected"):
+        assert col in df.columns
+    assert len(df) == 9 + 6 and df.canonical.sum() == 9
+    assert df[df.confident].correct.all()
+    assert np.asarray(df.realization.iloc[0]).size == 3 * 16 * 16
+    assert json.loads((tmp_path / "summary.json").read_text())["recovered"] == s["recovered"]
+
+
+def test_compare_of_two_networks(tmp_path: Path) -> None:
+    """B of its own (here: a differently initialized tiny DenseNet): no truth columns,
+    residuals flag rows, the two matchings are compared."""
+    torch.manual_seed(5)
+    other = _perturb_bn(DenseNetBC(depth=10, growth=4, num_classes=3, activation="softplus"), 7)
+    a = ifv.Setting.make(_tiny_densenet(), "dense3", "all", k=2, size=(16, 16))
+    b = ifv.Setting.make(other, "dense3", "all", k=2, size=(16, 16))
+    comp = ifv.compare(a, b, objectives=4, fv=FAST, pairs=2, n_images=16, max_residual=0.0,
+                       progress=False, log=lambda _: None)
+    assert comp.truth is None and not bool(comp.near.any()) and not bool(comp.confident.any())
+    df = comp.table()
+    assert "truth_b" not in df.columns and df.canonical.sum() == 4
+    assert 0.0 <= comp.summary()["agreement"] <= 1.0
+    with pytest.raises(UserError, match="B must take A's inputs"):
+        ifv.compare(a, ifv.Setting.make(other, "dense3", "all", size=(8, 8)))
+    with pytest.raises(UserError, match="do not give B"):
+        ifv.compare(a, b, planted="permuted")
+    with pytest.raises(UserError, match="compare.objectives"):
+        ifv.compare(a, b, objectives=99, progress=False, log=lambda _: None)
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["compare", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "which B?"),
+    (["comparison=nope"], "unknown comparison 'nope'; valid: dnde_permuted"),
+    (["compare.planted=shuffled"], "unknown compare.planted 'shuffled'; valid: permuted"),
+    (["comparison=dnde_permuted", "compare.b_model=googlenet_patterns"], "drop compare.b_"),
+    (["comparison=dnde_seeds", "compare.b_model=googlenet_patterns",
+      "compare.b_layer=inception4c"], "B must take A's"),
+    (["comparison=dnde_permuted", "compare.objectives=100"], "exceeds A's 69 features"),
+    (["comparison=dnde_permuted", "compare.scale=0.5"], "compare.scale must be"),
+    (["comparison=dnde_permuted", "layer=pool"], "planted copies permute"),
+    (["oops"], "unknown argument 'oops'"),
+])
+def test_cli_errors_are_one_line(args: list[str], message: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, err = _run([*RANDOM, *args, f"compare.out={out}"], capsys)
+    assert code == 2
+    assert err.startswith("ifv: error: ") and message in err and len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())  # no partial output files
+
+
+def test_cli_writes_the_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["compare", "comparison=dnde_permuted", *RANDOM, f"compare.out={out}",
+                 f"stage_cache={tmp_path / 'stages'}"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["compare.parquet", "correspondence.png",
+                                                     "summary.json"]
+    text = capsys.readouterr().out
+    assert "agreement with the correlation baseline" in text and "planted: recovered" in text
+
+
+def test_list_names_the_comparisons(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["list"])
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("comparisons:")]
+    assert line and all(n in line[0] for n in ("dnde_permuted", "dnde_rescaled_k0",
+                                                "dnde_rescaled_k2", "gn4c_permuted",
+                                                "dnde_seeds"))

@@ -1,0 +1,142 @@
+"""Robust FV wired through ifv: transforms and priors in FV, ``ifv run``, ``ifv invert`` and
+the API (the solver's derivation is tests/test_robust.py's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import ifv
+from ifv.cli import main
+from ifv.errors import UserError
+from ifv.fv import FVSettings, realize
+from ifv.objective import Response
+from ifv.param import make_param
+from ifv.prior import PENALTIES, Prior
+from ifv.setting import Setting, transform_steps
+
+TINY = ["model.weights=random", "features.n=4", "sampling.n_total=2", "fv.adam_steps=2",
+        "fv.lbfgs_steps=2", "fv.transform_samples=2", "reopt.steps=1", "inversion.samples=2",
+        "progress=false", "figures=false"]
+SETTINGS = FVSettings(adam_steps=4, lbfgs_steps=3, batch_size=2, transform_samples=2)
+
+
+def _response(small_cnn: nn.Module) -> Response:
+    return Response(small_cnn, make_param("rgb", 8, 8), "conv2", range(4))
+
+
+def _init(n: int, generator: torch.Generator) -> torch.Tensor:
+    return make_param("rgb", 8, 8).init(n, generator).double()
+
+
+def _x() -> torch.Tensor:
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def test_transforms_that_do_nothing_give_the_bare_realizations(small_cnn: nn.Module) -> None:
+    response, x = _response(small_cnn), _x()
+    init = _init
+    bare = realize(response, x, 2, SETTINGS, init=init, seed=3, progress=False)
+    still = transform_steps((("pad", 0), ("jitter", 0)), 8, 8)
+    same = realize(response, x, 2, SETTINGS, init=init, seed=3, progress=False,
+                   transform=still)
+    assert torch.allclose(bare.v, same.v, rtol=1e-9, atol=1e-12)
+
+
+def test_transforms_are_deterministic_per_seed(small_cnn: nn.Module) -> None:
+    response, x = _response(small_cnn), _x()
+    t = transform_steps((("pad", 1), ("jitter", 2), ("rotate", (-10.0, 0.0, 10.0))), 8, 8)
+    prior = Prior("tv", response.param, 0.5)
+    runs = [realize(response, x, 2, SETTINGS, init=_init, seed=s,
+                    progress=False, transform=t, prior=prior) for s in (3, 3, 4)]
+    assert torch.equal(runs[0].v, runs[1].v)
+    assert not torch.allclose(runs[0].v, runs[2].v)
+    bare = realize(response, x, 2, SETTINGS, init=_init, seed=3, progress=False)
+    assert not torch.allclose(bare.v, runs[0].v)
+
+
+def test_priors_are_per_sample_and_blur_stops_the_gradient() -> None:
+    images = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64, requires_grad=True)
+    for name, fn in PENALTIES.items():
+        value = fn(images)
+        assert value.shape == (2,) and bool((value > 0).all()), name
+        assert torch.allclose(fn(images[1:]), value[1:]), name  # samples independent
+    (g,) = torch.autograd.grad(PENALTIES["blur"](images).sum(), images)
+    box = torch.nn.functional.avg_pool2d(images.detach(), 3, 1, 1, count_include_pad=False)
+    assert torch.allclose(g, (images.detach() - box) / images[0].numel())
+
+
+def test_run_records_the_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(["run", *TINY, "transforms=standard", "prior=tv", "prior.weight=0.5",
+                 f"stage_cache={tmp_path / 'cache'}", f"hydra.run.dir={out}"]) == 0
+    df = pd.read_parquet(out / "results.parquet")
+    assert (df.transforms == "standard").all() and (df.prior == "tv").all()
+    assert (df.prior_weight == 0.5).all() and (df.inversion_samples == 2).all()
+    assert df.angle_robust.between(0, 90).all() and df.prior_weight_robust.notna().all()
+    assert all(len(p) == 4 for p in df.prediction_robust)
+    assert "robust FV (transforms standard, prior tv)" in capsys.readouterr().out
+    bare = tmp_path / "bare"
+    assert main(["run", *TINY, f"stage_cache={tmp_path / 'cache'}",
+                 f"hydra.run.dir={bare}"]) == 0
+    df = pd.read_parquet(bare / "results.parquet")
+    assert (df.transforms == "none").all() and (df.inversion_samples == 1).all()
+    assert (df.angle_robust == df.angle_pred).all() and df.prior_weight_robust.isna().all()
+    assert "realizations: cached" not in capsys.readouterr().out  # keys differ
+
+
+def test_invert_records_the_settings(small_cnn: nn.Module, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(img, tmp_path / "a.pt")
+    out = tmp_path / "inv.json"
+    assert main(["invert", str(tmp_path / "a.pt"), "model.weights=random", "features.n=4",
+                 "transforms=custom", "transforms.steps=[{pad: 2},{jitter: 2}]", "prior=l2",
+                 "inversion.samples=2", "k=0", "progress=false", f"invert.out={out}"]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["transforms"] == "pad=2 jitter=2"
+    assert settings["prior"] == {"name": "l2", "weight": 10.0}
+    assert settings["inversion"]["samples"] == 2
+    assert "robust: transforms pad=2 jitter=2" in capsys.readouterr().out
+    res = ifv.invert(img[:1, :, :8, :8].double(), small_cnn, "conv2", 4, k=0, input="image",
+                     transforms=[{"jitter": 1}], prior={"name": "blur", "weight": 2.0},
+                     progress=False)
+    assert res.settings["prior"] == {"name": "blur", "weight": 2.0}
+    assert res.x_pred.shape == (1, 4) and torch.isfinite(res.residual).all()
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["transforms=spin"], "unknown transforms 'spin'; valid: custom, lucent, lucid, none"),
+    (["prior=sharp"], "unknown prior 'sharp'; valid: blur, l2, none, tv"),
+    (["prior=tv", "prior.weight=-1"], "prior.weight must be a finite number >= 0"),
+    (["prior.weight=1"], "prior.weight needs a prior"),
+    (["transforms=custom", "transforms.steps=[{spin: 3}]"],
+     "unknown transforms[0] step 'spin'; valid: pad, jitter, scale, rotate"),
+    (["transforms=custom", "transforms.steps=[{scale: 2}]"],
+     "transforms[0].scale must be a non-empty list of numbers"),
+    (["transforms=custom", "transforms.steps=[{jitter: -1}]"],
+     "transforms[0].jitter must be an integer >= 0"),
+    (["transforms.steps=[{pad: 1}]"], "transforms.steps needs transforms=custom"),
+    (["inversion.samples=0"], "inversion.samples must be an integer >= 1"),
+    (["fv.transform_samples=0"], "fv.transform_samples must be an integer >= 1"),
+])
+def test_user_errors_are_one_line(args: list[str], expect: str,
+                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "model.weights=random", "progress=false", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_api_errors(small_cnn: nn.Module) -> None:
+    with pytest.raises(UserError, match="unknown transforms 'jiggle'"):
+        Setting.make(small_cnn, "conv2", 4, size=(8, 8), transforms="jiggle")
+    with pytest.raises(UserError, match="unknown prior option"):
+        Setting.make(small_cnn, "conv2", 4, size=(8, 8), prior={"name": "tv", "lam": 1})
