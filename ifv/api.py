@@ -29,8 +29,7 @@ from ifv.images import IMAGE_PARAMS, Source, load_images, load_params, to_params
 from ifv.inverse import full_space, reduced_gram, reduced_spectrum, solve
 from ifv.jacobian import METHODS, response_and_gram
 from ifv.metrics import relative_residual
-from ifv.prior import Prior
-from ifv.robust import quantities, responses_under, solve_quantities
+from ifv.robust import quantities, solve_quantities
 from ifv.setting import (
     Features,
     Model,
@@ -270,10 +269,7 @@ def _invert_robust(bound: Any, v: Tensor, basis: Tensor, rb: Robust) -> tuple[Te
     """The robust solver's x* (B, n_f) and residual (B,) for realizations v made under the
     bound setting's transforms and prior, ``rb.batch_size`` at a time."""
     s = bound.setting
-    samples = ([lambda images: images] if bound.transform is None
-               else bound.transform.samples(rb.samples, rb.seed))
-    responses = responses_under(bound.response, samples)
-    prior = None if bound.prior is None else Prior(s.prior["name"], bound.param)
+    responses, prior = bound.robust_inputs(rb)
     xs, res = [], []
     for start in range(0, len(v), rb.batch_size):
         q = quantities(responses, v[start:start + rb.batch_size], prior=prior, cross=s.k > 0)

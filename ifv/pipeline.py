@@ -40,9 +40,8 @@ from ifv.metrics import (
     relative_residual,
     ssim,
 )
-from ifv.prior import Prior
 from ifv.results import critical_frame, results_frame
-from ifv.robust import prior_weight, quantities, responses_under, solve_quantities
+from ifv.robust import prior_weight, quantities, solve_quantities
 from ifv.sampling import hoyer, sample_targets
 from ifv.setting import Experiment, describe_transforms
 from ifv.store import Parts, StageCache, atomic_write, check_writable, content_key
@@ -267,11 +266,8 @@ def robust_stage(exp: Experiment, bound: Any, v: Tensor, spaces: list[CriticalSp
     Returns x (S, N, n_f) for S spaces, residual, converged, prior_weight (S, N), y_mean
     (N, n_f) (the mean response over the samples) and seconds."""
     s, rb = exp.setting, exp.robust
-    response, n = bound.response, len(v)
-    samples = ([lambda images: images] if bound.transform is None
-               else bound.transform.samples(rb.samples, rb.seed))
-    responses = responses_under(response, samples)
-    prior = None if bound.prior is None else Prior(s.prior["name"], bound.param)  # R o P
+    n = len(v)
+    responses, prior = bound.robust_inputs(rb)
     key = {"realizations": real_key, "samples": rb.samples, "seed": rb.seed, "tol": rb.tol,
            "max_iter": rb.max_iter,
            "spaces": content_key([sp.basis.cpu().numpy().round(10).tolist() for sp in spaces])}

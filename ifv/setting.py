@@ -31,9 +31,10 @@ from ifv.fv import FVSettings
 from ifv.jacobian import METHODS
 from ifv.models import check_layer, get_spec, load
 from ifv.models.registry import ModelSpec
-from ifv.objective import AGGREGATIONS, Response, tap
+from ifv.objective import AGGREGATIONS, Response, ResponseFn, tap
 from ifv.param import PARAMS, Parametrization, make_param
 from ifv.prior import PRIORS, WEIGHTS, Prior
+from ifv.robust import responses_under
 from ifv.store import check_writable
 from ifv.transform import (
     PRESETS,
@@ -193,6 +194,16 @@ class Bound:
     def robust(self) -> bool:
         """Whether FV is robust FV (transforms or a prior): the robust solver inverts it."""
         return self.transform is not None or self.prior is not None
+
+    def robust_inputs(self, rb: Robust) -> tuple[list[ResponseFn], Prior | None]:
+        """What the robust solver needs besides v: one response per fixed transform (the
+        ``rb.samples`` draws of ``rb.seed``; the response itself without transforms) and
+        R o P without its weight (None without a prior), docs/robust-ifv.md."""
+        samples = ([lambda images: images] if self.transform is None
+                   else self.transform.samples(rb.samples, rb.seed))
+        prior = (None if self.prior is None
+                 else Prior(self.setting.prior["name"], self.param))
+        return responses_under(self.response, samples), prior
 
     @property
     def n_f(self) -> int:
