@@ -1,59 +1,64 @@
 """Robust Grad-IFV on the DenseNet stand-in: median angles and the curve of angle against
 the number K of transform samples (docs/robust-ifv.md, "Measured").
 
-    OMP_NUM_THREADS=1 python -m experiments.robust_curve --k 2 --prior none --n 8
+    OMP_NUM_THREADS=2 python -m experiments.robust_curve --k 2 --prior none --out k2.json
+    python -m experiments.robust_curve --plot k2.json k0.json --figure robust_curve.png
 
 Realizations of ``--n`` targets (half canonical) under the standard transforms sized to 32
 px (``--maker ifv``: ifv's FV, Adam with a fresh transform per step, then L-BFGS on
 ``--fv-samples`` fixed draws; ``--maker lucent``: a Lucent-like loop, Adam at a fixed lr
-with a fresh ``lucent`` preset transform every step and no L-BFGS); then the robust
-quantities on K_max transform samples of their own seed, and the solution on the first K of
-them for every K in ``--ks``. Prints one JSON line.
+with a fresh ``lucent`` preset transform every step and no L-BFGS). They are inverted by
+plain Grad-IFV and by the robust solver (both estimators, ``ifv.robust.ESTIMATORS``) on
+FV's own L-BFGS draws (``inversion.draws=fv``; ifv's maker only) and on the first K of
+K_max draws of their own seed (``sampled``) for every K in ``--ks``. Prints one JSON line
+(and writes it to ``--out``); ``--plot`` draws the curves of such files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from ifv.fv import FVSettings, realize
+from ifv.fv import FVSettings, lbfgs_draws, realize
 from ifv.inverse import solve, unit
 from ifv.jacobian import response_and_gram
 from ifv.metrics import angular_distance, random_objective
 from ifv.prior import Prior
-from ifv.robust import Quantities, quantities, responses_under, solve_quantities
+from ifv.robust import (
+    ESTIMATORS,
+    Quantities,
+    mean_gram,
+    quantities,
+    responses_under,
+    solve_quantities,
+)
 from ifv.sampling import sample_targets
 from ifv.setting import Setting
+from ifv.store import atomic_write
 from ifv.transform import preset
 
 
-def _first(q: Quantities, n_t: int, k_max: int) -> Quantities:
+def _first(q: Quantities, n_t: int) -> Quantities:
     """The quantities of the first n_t transform samples."""
-    b, _, n_f = q.y.shape
-    cross = q.cross.reshape(b, k_max, n_f, k_max, n_f)[:, :n_t, :, :n_t].reshape(
-        b, n_t * n_f, n_t * n_f)
-    mg = cross.reshape(b, n_t, n_f, n_t, n_f).sum((1, 3)) / n_t**2
-    return Quantities(y=q.y[:, :n_t], cross=cross, mean_gram=mg,
+    b, k_max, n_f = q.y.shape
+    blocks = q.cross.reshape(b, k_max, n_f, k_max, n_f)[:, :n_t, :, :n_t]
+    cross = blocks.reshape(b, n_t * n_f, n_t * n_f)
+    return Quantities(y=q.y[:, :n_t], cross=cross, mean_gram=mean_gram(cross, n_t),
+                      second=torch.diagonal(blocks, dim1=1, dim2=3).mean(-1),
                       prior=None if q.prior is None else q.prior[:, :n_t],
                       prior_norm=q.prior_norm, evaluations=n_t)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--k", type=float, default=2.0)
-    ap.add_argument("--prior", default="none")
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--maker", default="ifv", choices=["ifv", "lucent"])
-    ap.add_argument("--adam", type=int, default=300)
-    ap.add_argument("--lbfgs", type=int, default=50)
-    ap.add_argument("--fv-samples", type=int, default=16)
-    ap.add_argument("--ks", default="1,2,4,8,16,32")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--inv-seed", type=int, default=12345,
-                    help="seed of the K samples (0 with --seed 0: FV's own L-BFGS draws)")
-    a = ap.parse_args()
+def _median(t: torch.Tensor) -> float:
+    return round(float(t.double().median()), 2)
+
+
+def measure(a: argparse.Namespace) -> dict:
+    """The realizations and every inversion of them (see the module's docstring)."""
     ks = [int(t) for t in a.ks.split(",")]
     s = Setting.make(k=a.k, device="cpu", transforms="standard", prior=a.prior)
     b = s.bind(progress=False)
@@ -62,32 +67,95 @@ def main() -> None:
     if a.maker == "ifv":
         fv = FVSettings(adam_steps=a.adam, lbfgs_steps=a.lbfgs, batch_size=a.n,
                         transform_samples=a.fv_samples)
-        r = realize(b.response, x, a.k, fv, init=b.init, seed=a.seed, progress=False,
-                    transform=b.transform, prior=b.prior)
+        transform = b.transform
     else:  # Lucent-like: Adam at a fixed lr, a fresh lucent transform each step
         fv = FVSettings(adam_steps=a.adam, lbfgs_steps=0, batch_size=a.n)
-        r = realize(b.response, x, a.k, fv, init=b.init, seed=a.seed, progress=False,
-                    transform=preset("lucent", 32), prior=b.prior)
+        transform = preset("lucent", 32)
+    r = realize(b.response, x, a.k, fv, init=b.init, seed=a.seed, progress=True,
+                transform=transform, prior=b.prior)
     v = r.v
     y, gram = response_and_gram(b.response, v, progress=False)
     plain, _ = solve(y, gram, a.k)
-    samples = b.transform.samples(max(ks), a.inv_seed)
     prior = None if b.prior is None else Prior(s.prior["name"], b.param)
-    q = quantities(responses_under(b.response, samples), v, prior=prior, cross=True)
-    med = lambda t: float(t.double().median())  # noqa: E731
+    angle = lambda t: _median(angular_distance(x, t))  # noqa: E731
     out = {"k": a.k, "prior": a.prior, "maker": a.maker, "n": a.n, "adam": a.adam,
-           "inv_seed": a.inv_seed,
-           "lbfgs": a.lbfgs if a.maker == "ifv" else 0, "fv_samples": a.fv_samples,
-           "plain": med(angular_distance(x, plain)),
-           "response": med(angular_distance(x, y)),
-           "mean_response": med(angular_distance(x, unit(q.y.double()).mean(1))),
-           "random": med(angular_distance(x, random_objective(a.n, b.n_f,
-                                                              torch.Generator().manual_seed(1)))),
-           "robust": {}}
+           "lbfgs": fv.lbfgs_steps, "fv_samples": a.fv_samples, "inv_seed": a.inv_seed,
+           "plain": angle(plain), "response": angle(y),
+           "random": angle(random_objective(a.n, b.n_f, torch.Generator().manual_seed(1))),
+           "fv_draws": {}, "sampled": {e: {} for e in ESTIMATORS}}
+    if a.maker == "ifv":
+        own = lbfgs_draws(transform, fv, a.seed)
+        q = quantities(responses_under(b.response, own), v, prior=prior, cross=True)
+        out["fv_draws"] = {e: angle(solve_quantities(q, a.k, estimator=e).x)
+                           for e in ESTIMATORS}
+    samples = transform.samples(max(ks), a.inv_seed)
+    q = quantities(responses_under(b.response, samples), v, prior=prior, cross=True)
+    out["mean_response"] = angle(unit(q.y.double()).mean(1))
     for n_t in ks:
-        sol = solve_quantities(_first(q, n_t, max(ks)), a.k)
-        out["robust"][n_t] = med(angular_distance(x, sol.x))
-    print(json.dumps(out), flush=True)
+        for e in ESTIMATORS:
+            out["sampled"][e][n_t] = angle(solve_quantities(_first(q, n_t), a.k,
+                                                            estimator=e).x)
+    return out
+
+
+def plot(paths: Sequence[str], figure: str) -> None:
+    """Median angle against K (log axis) per file and estimator, with the response's and
+    plain Grad-IFV's angles and FV's own draws as markers at K = fv_samples."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, r in zip(axes[0], runs, strict=True):
+        for e, style in zip(ESTIMATORS, ("-o", "--s"), strict=True):
+            ks = sorted(int(n) for n in r["sampled"][e])
+            ax.plot(ks, [r["sampled"][e][str(n)] for n in ks], style,
+                    label=f"robust, sampled draws ({e})")
+        for e, marker in zip(ESTIMATORS, ("*", "P"), strict=True):
+            if e in r["fv_draws"]:
+                ax.plot([r["fv_samples"]], [r["fv_draws"][e]], marker, ms=12,
+                        label=f"robust, FV's own draws ({e})")
+        ax.axhline(r["response"], color="gray", ls=":", label="feature response")
+        ax.axhline(r["plain"], color="red", ls=":", label="plain Grad-IFV")
+        ax.axhline(10, color="green", lw=0.8, label="goal: 10 deg")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("transform samples K")
+        maker = "ifv FV" if r["maker"] == "ifv" else "Lucent-like Adam"
+        ax.set_title(f"k={r['k']:g}, prior={r['prior']}, {maker}", fontsize=9)
+    axes[0][0].set_ylabel("median angle to the target (deg)")
+    axes[0][0].set_ylim(0, 95)
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    atomic_write(Path(figure), lambda p: fig.savefig(p, dpi=130, format="png"))
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m experiments.robust_curve")
+    ap.add_argument("--k", type=float, default=2.0)
+    ap.add_argument("--prior", default="none")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--maker", default="ifv", choices=["ifv", "lucent"])
+    ap.add_argument("--adam", type=int, default=300)
+    ap.add_argument("--lbfgs", type=int, default=200)
+    ap.add_argument("--fv-samples", type=int, default=16)
+    ap.add_argument("--ks", default="1,2,4,8,16,32,64")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--inv-seed", type=int, default=12345, help="seed of the sampled draws")
+    ap.add_argument("--out", help="write the JSON line here too")
+    ap.add_argument("--plot", nargs="+", metavar="JSON", help="draw these runs' curves")
+    ap.add_argument("--figure", default="robust_curve.png")
+    a = ap.parse_args()
+    if a.plot:
+        plot(a.plot, a.figure)
+        print(a.figure)
+        return
+    line = json.dumps(measure(a))
+    print(line, flush=True)
+    if a.out:
+        atomic_write(Path(a.out), lambda p: p.write_text(line + "\n"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ifv.results import critical_frame as _critical_frame
 from ifv.results import results_frame
+from ifv.setting import Robust
 
 PathLike = str | os.PathLike[str]
 
@@ -51,7 +52,7 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
            "n_channels": n_f if n_channels is None else n_channels, "n_f": n_f,
            "aggregation": aggregation, "k": float(k), "param": param, "seed": seed,
            "n_p": n_p, "transforms": "none", "prior": "none", "prior_weight": 0.0,
-           "inversion_samples": 1}
+           **Robust().record(False, None)}
     samples = {
         "sample": sample, "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
         "finite": np.ones(n, dtype=bool),

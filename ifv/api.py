@@ -204,8 +204,9 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
     realizations were made (robust FV: none, standard, lucid, lucent or custom steps; none,
     l2, tv, blur or {name, weight}, as in ``ifv.visualize``); with either, the robust solver
     inverts them (docs/robust-ifv.md) with the options ``robust`` (default ``Robust()``: K =
-    32 transform samples of their own seed), and ``residual`` is its relative residual of the
-    mean gradient (``next_residual`` NaN). The result's tensors are on the CPU.
+    32 transform samples of their own seed, the relative-stationarity estimator), and
+    ``residual`` is its relative stationarity of the mean gradient (``next_residual`` NaN).
+    The result's tensors are on the CPU.
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
                      cache_dir=cache_dir, download=download, size=size, device=device,
@@ -218,8 +219,11 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
                    critical: str | Path | Tensor | None = None, *,
                    critical_dim: int | None = None, input: str = "image",
                    method: str = "auto", robust: Robust | None = None,
+                   fv: FVSettings | None = None, seed: int = 0,
                    progress: bool = True) -> Inversion:
-    """``invert`` for a validated ``Setting`` (``ifv invert`` builds one from its config)."""
+    """``invert`` for a validated ``Setting`` (``ifv invert`` builds one from its config).
+    ``fv`` and ``seed``: how ifv's FV made the realizations, for ``robust.draws="fv"`` (the
+    robust solver then uses FV's own L-BFGS draws, ``ifv.fv.lbfgs_draws``)."""
     choice("input", input, INPUTS)
     choice("jacobian.method", method, METHODS)
     if input == "image":
@@ -243,7 +247,7 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
         y, gram = response_and_gram(bound.response, v.to(bound.like()), method=method,
                                     progress=progress)
         if bound.robust:
-            x_pred, residual = _invert_robust(bound, v.to(bound.like()), basis, rb)
+            x_pred, residual = _invert_robust(bound, v.to(bound.like()), basis, rb, fv, seed)
             next_residual = torch.full_like(residual, math.nan)
     if not bound.robust:
         x_pred, _ = solve(y, gram, s.k, basis)
@@ -257,23 +261,27 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
                 "critical": str(critical) if isinstance(critical, str | Path) else None,
                 "critical_dim": basis.shape[1],
                 "transforms": describe_transforms(s.transforms), "prior": s.prior,
-                "inversion": ({"samples": rb.samples if bound.transform is not None else 1,
-                               "seed": rb.seed, "tol": rb.tol, "max_iter": rb.max_iter}
+                "inversion": ({key.removeprefix("inversion_"): value for key, value
+                                in rb.record(bound.transform is not None, fv).items()}
+                              | {"seed": seed if rb.uses_fv_draws(fv) else rb.seed,
+                                 "tol": rb.tol, "max_iter": rb.max_iter}
                               if bound.robust else None)}
     return Inversion(x_pred=x_pred, y=y, gram=gram, residual=residual,
                      next_residual=next_residual, features=bound.features,
                      sources=sources, settings=settings)
 
 
-def _invert_robust(bound: Any, v: Tensor, basis: Tensor, rb: Robust) -> tuple[Tensor, Tensor]:
+def _invert_robust(bound: Any, v: Tensor, basis: Tensor, rb: Robust, fv: FVSettings | None,
+                   seed: int) -> tuple[Tensor, Tensor]:
     """The robust solver's x* (B, n_f) and residual (B,) for realizations v made under the
     bound setting's transforms and prior, ``rb.batch_size`` at a time."""
     s = bound.setting
-    responses, prior = bound.robust_inputs(rb)
+    responses, prior = bound.robust_inputs(rb, fv, seed)
     xs, res = [], []
     for start in range(0, len(v), rb.batch_size):
         q = quantities(responses, v[start:start + rb.batch_size], prior=prior, cross=s.k > 0)
-        sol = solve_quantities(q, s.k, basis.double(), tol=rb.tol, max_iter=rb.max_iter)
+        sol = solve_quantities(q, s.k, basis.double(), tol=rb.tol, max_iter=rb.max_iter,
+                               estimator=rb.estimator)
         xs.append(sol.x)
         res.append(sol.residual)
     return torch.cat(xs), torch.cat(res)

@@ -273,7 +273,7 @@ and keys of its own:
 def cmd_invert(args: list[str]) -> int:
     """`ifv invert IMAGE... [KEY=VALUE ...]`: Grad-IFV (Opt. (3)) on the user's images."""
     from ifv.api import invert_setting
-    from ifv.setting import Robust, Setting, count
+    from ifv.setting import Robust, Setting, count, fv_settings
     from ifv.store import write_json
 
     if any(a in ("-h", "--help") for a in args):
@@ -295,7 +295,8 @@ def cmd_invert(args: list[str]) -> int:
     res = invert_setting(images, Setting.from_config(cfg), inv.critical,
                          critical_dim=inv.critical_dim, input=inv.input,
                          method=cfg.jacobian.method, robust=Robust.from_config(cfg.inversion),
-                         progress=cfg.progress)
+                         fv=fv_settings(cfg.fv) if cfg.inversion.draws == "fv" else None,
+                         seed=count("seed", cfg.seed), progress=cfg.progress)
     s = res.settings
     per_file = Counter(f for f, _ in res.sources)
     print(f"Grad-IFV on {s['model']}.{s['layer']}: {s['n_f']} features, {s['aggregation']}, "

@@ -110,6 +110,8 @@ class InversionConf:
     tol: float = 1e-10                   # fixed point on the weights (k > 0)
     max_iter: int = 100
     batch_size: int = 8                  # realizations per robust-Jacobian part
+    draws: str = "auto"                  # auto, fv (FV's L-BFGS draws), sampled (samples of seed)
+    estimator: str = "relative"          # relative (relative stationarity) or mean
 
 
 @dataclass

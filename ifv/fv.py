@@ -237,8 +237,7 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     v0 = v0.detach().clone() if v0 is not None else init(n, torch.Generator().manual_seed(seed))
     dev = v0.device
     x = x.to(device=dev, dtype=v0.dtype)
-    samples = (None if transform is None
-               else transform.samples(settings.transform_samples, _batch_seed(seed, -1)))
+    samples = None if transform is None else lbfgs_draws(transform, settings, seed)
     per_batch = settings.adam_steps + settings.lbfgs_steps
     nb = -(-n // settings.batch_size)
     bar = tqdm(total=nb * per_batch, desc=desc, disable=not progress, unit="step", leave=False)
@@ -279,6 +278,13 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     synchronize(dev)
     return FVResult(v=v, y=y.detach(), loss=f, grad_norm=grad.flatten(1).norm(dim=1),
                     iters=torch.cat(out_iters), seconds=seconds + time.perf_counter() - t0)
+
+
+def lbfgs_draws(transform: Transform, settings: FVSettings, seed: int) -> list[Op]:
+    """The ``settings.transform_samples`` fixed transforms whose mean objective ``realize``'s
+    L-BFGS minimizes for the run's ``seed``: the realization is a stationary point of that
+    average, so the robust solver inverts exactly with them (docs/robust-ifv.md)."""
+    return transform.samples(settings.transform_samples, _batch_seed(seed, -1))
 
 
 def _batch_seed(seed: int, start: int) -> int:

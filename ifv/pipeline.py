@@ -191,7 +191,7 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
                   "seed": exp.seed, "n_p": param.n_p,
                   "transforms": describe_transforms(s.transforms), "prior": s.prior["name"],
                   "prior_weight": s.prior["weight"],
-                  "inversion_samples": exp.robust.samples if bound.transform is not None else 1}
+                  **exp.robust.record(bound.transform is not None, exp.fv)}
     samples = {
         "sample": np.arange(n),
         "canonical": canonical.numpy(),
@@ -267,9 +267,11 @@ def robust_stage(exp: Experiment, bound: Any, v: Tensor, spaces: list[CriticalSp
     (N, n_f) (the mean response over the samples) and seconds."""
     s, rb = exp.setting, exp.robust
     n = len(v)
-    responses, prior = bound.robust_inputs(rb)
-    key = {"realizations": real_key, "samples": rb.samples, "seed": rb.seed, "tol": rb.tol,
-           "max_iter": rb.max_iter,
+    responses, prior = bound.robust_inputs(rb, exp.fv, exp.seed)
+    own = rb.uses_fv_draws(exp.fv)
+    key = {"realizations": real_key, "draws": "fv" if own else "sampled",
+           "samples": rb.n_draws(exp.fv), "seed": exp.seed if own else rb.seed,
+           "estimator": rb.estimator, "tol": rb.tol, "max_iter": rb.max_iter,
            "spaces": content_key([sp.basis.cpu().numpy().round(10).tolist() for sp in spaces])}
 
     def compute(parts: Parts) -> dict[str, Any]:
@@ -282,7 +284,8 @@ def robust_stage(exp: Experiment, bound: Any, v: Tensor, spaces: list[CriticalSp
                 q = quantities(responses, v[start:stop], prior=prior, cross=s.k > 0,
                                max_bytes=exp.jacobian_max_bytes)
                 sols = [solve_quantities(q, s.k, sp.basis.double(), tol=rb.tol,
-                                         max_iter=rb.max_iter) for sp in spaces]
+                                         max_iter=rb.max_iter, estimator=rb.estimator)
+                        for sp in spaces]
                 nan = torch.full((stop - start,), float("nan"), dtype=torch.float64,
                                  device=v.device)
                 weight = [nan if q.prior is None else

@@ -38,6 +38,10 @@ RUN: dict[str, str] = {
     "prior_weight": "its weight lambda (0 without a prior)",
     "inversion_samples": "transform samples K of the robust solver's expectation estimate "
                          "(1 without transforms)",
+    "inversion_draws": "those samples: fv (the draws FV's L-BFGS averaged over), sampled "
+                       "(inversion.seed's) or none (no transforms)",
+    "inversion_estimator": "the robust solver's objective: relative (relative stationarity) "
+                           "or mean (Opt. (3) on the mean gradient; always without transforms)",
 }
 # Columns that hold one value per sample, the same in every critical space.
 SAMPLE: dict[str, str] = {
@@ -82,8 +86,10 @@ SPACE: dict[str, str] = {
     "ssim_robust": "SSIM of the realization and its re-optimization w.r.t. the robust "
                    "prediction (ssim_pred without transforms and prior)",
     "prediction_robust": "the robust solver's predicted objective (n_f,)",
-    "residual_robust": "its relative residual ||x^T A|| / ||A||_2 of the (projected) mean "
-                       "gradient (rel_residual of x* without transforms and prior)",
+    "residual_robust": "its relative stationarity ||x^T A|| / rms_t ||x^T A_t|| (estimator "
+                       "relative) or relative residual ||x^T A|| / ||A||_2 (mean) of the "
+                       "(projected) mean gradient (rel_residual of x* without transforms "
+                       "and prior)",
     "converged_robust": "whether the fixed point on the weights settled (always for k = 0)",
     "prior_weight_robust": "the prior weight the robust prediction implies (docs/robust-ifv.md "
                            "Sec. 4; positive at a right answer; NaN without a prior)",

@@ -34,6 +34,8 @@ from ifv.inverse import solve, substitution, symmetric, unit, z_k, z_k_inv
 from ifv.jacobian import gram, jacobian
 from ifv.objective import Response, ResponseFn
 
+ESTIMATORS = ("relative", "mean")  # the robust solver's objective (``solve_transformed``)
+
 
 def weights(x: Tensor, ys: Tensor, k: float) -> Tensor:
     """c_t = (k+1) q_t^k, q_t = x^T ybar_t, for unit x (the factor of grad S_x, Sec. 2.1).
@@ -79,6 +81,26 @@ def mean_gram(cross: Tensor, n_t: int) -> Tensor:
     return symmetric(cross.double().reshape(b, n_t, n_f, n_t, n_f).sum((1, 3)) / n_t**2)
 
 
+def second_gram(ys: Tensor, cross: Tensor, c: Tensor, k: float,
+                prior: Tensor | None = None) -> Tensor:
+    """B(c) = (1/K) sum_t c_t^2 Z_t Dy_t (I - g g^T) Dy_t^T Z_t, the Gram of the mean squared
+    per-transform gradient: x^T B(c) x = (1/K) sum_t ||c_t x^T Z_t Dy_t (I - g g^T)||^2
+    (without ``prior``: g = 0). The denominator of the relative stationarity.
+
+    ys: (B, K, n_f); cross H: (B, K n_f, K n_f); c: (B, K); prior: (B, K, n_f) = Dy_t g
+    -> (B, n_f, n_f).
+    """
+    b, n_t, n_f = ys.shape
+    diag = torch.diagonal(cross.double().reshape(b, n_t, n_f, n_t, n_f), dim1=1, dim2=3)
+    blocks = diag.permute(0, 3, 1, 2)  # (B, K, n_f, n_f): H[t, t] = Dy_t Dy_t^T
+    if prior is not None:
+        u = prior.double()
+        blocks = blocks - u.unsqueeze(-1) * u.unsqueeze(-2)
+    z = z_k(ys.double().reshape(b * n_t, n_f), k).reshape(b, n_t, n_f, n_f)
+    w = (c.double() ** 2)[..., None, None]
+    return symmetric((w * (z @ blocks @ z)).mean(1))
+
+
 def project_prior(gram: Tensor, u: Tensor) -> Tensor:
     """Gram of Dy (I - g g^T): G - (Dy g)(Dy g)^T, which eliminates the unknown prior weight.
 
@@ -120,6 +142,40 @@ def _smallest(m: Tensor, u: Tensor, y_ref: Tensor) -> Tensor:
     return x * sign.unsqueeze(-1)
 
 
+def _smallest_ratio(m: Tensor, bm: Tensor, u: Tensor, y_ref: Tensor,
+                    eps: float = 1e-10) -> Tensor:
+    """x = U sigma, sigma minimizing the generalized Rayleigh quotient
+    sigma^T U^T M U sigma / sigma^T U^T B U sigma (the relative stationarity), signed so that
+    x^T y_ref >= 0. B is regularized by ``eps`` times its mean eigenvalue, so that directions
+    with no gradient under any transform (trivial solutions, Sec. 2.2) have quotient 0, as in
+    Opt. (3). m, bm: (B, n_f, n_f); u: (B, n_f, d) -> (B, n_f)."""
+    ut = u.transpose(-1, -2)
+    a = symmetric(ut @ m @ u)
+    bb = symmetric(ut @ bm @ u)
+    d = bb.shape[-1]
+    eye = torch.eye(d, dtype=bb.dtype, device=bb.device)
+    scale = torch.diagonal(bb, dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(bb.dtype).tiny)
+    chol = torch.linalg.cholesky(bb + eps * scale[..., None, None] * eye)
+    half = torch.linalg.solve_triangular(chol, a, upper=False)  # L^-1 A
+    c = symmetric(torch.linalg.solve_triangular(chol, half.transpose(-1, -2), upper=False))
+    _, vecs = torch.linalg.eigh(c)
+    sigma = torch.linalg.solve_triangular(chol.transpose(-1, -2), vecs[..., :1], upper=True)
+    x = unit((u @ sigma).squeeze(-1))
+    sign = torch.where((x * y_ref).sum(-1) < 0, -1.0, 1.0).to(x)
+    return x * sign.unsqueeze(-1)
+
+
+def stationarity(x: Tensor, m: Tensor, bm: Tensor) -> Tensor:
+    """The relative stationarity sqrt(x^T M x / x^T B x) = ||mean_t g_t|| / rms_t ||g_t||
+    of the per-transform gradients g_t (``weighted_gram`` M, ``second_gram`` B), in [0, 1]
+    (0: a stationary point of the K-sample expectation). x: (B, n_f) -> (B,)."""
+    xd = x.double()
+    num = (xd.unsqueeze(-2) @ m.double() @ xd.unsqueeze(-1)).reshape(x.shape[:-1])
+    den = (xd.unsqueeze(-2) @ bm.double() @ xd.unsqueeze(-1)).reshape(x.shape[:-1])
+    num = num.clamp_min(0.0)
+    return torch.sqrt(num / den.clamp_min(torch.finfo(torch.float64).tiny))
+
+
 def _least_squares(m: Tensor, u: Tensor, rhs: Tensor, rtol: float) -> Tensor:
     """x = U (U^T M U)^+ U^T rhs. m: (B, n_f, n_f); u: (B, n_f, d); rhs: (B, n_f)."""
     ut = u.transpose(-1, -2)
@@ -137,9 +193,10 @@ def _fit_residual(x: Tensor, m: Tensor, a: Tensor, rhs_norm: Tensor) -> Tensor:
 @dataclass
 class Solution:
     """Result of ``solve_transformed``: x (B, n_f) unit; weights c_t = (k+1) q_t^k at x
-    (B, K); residual (B,): the relative residual of the (projected) mean gradient, or with a
-    known weight ||x_raw^T A - lambda grad R^T|| / (lambda ||grad R||); iterations (B,) eigen
-    or linear solves used; converged (B,) whether the weights settled within tol; scale (B,)
+    (B, K); residual (B,): the relative stationarity (``stationarity``; estimator "mean":
+    the relative residual) of the (projected) mean gradient, or with a known weight
+    ||x_raw^T A - lambda grad R^T|| / (lambda ||grad R||); iterations (B,) eigen or linear
+    solves used; converged (B,) whether the weights settled within tol; scale (B,)
     with a known weight: ||x_raw||, the norm of the least-squares solution (1 for a unit
     target and the right weight), else NaN."""
 
@@ -155,16 +212,20 @@ def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None 
                       prior: Tensor | None = None, prior_norm: Tensor | None = None,
                       weight: float | Tensor | None = None, y_ref: Tensor | None = None,
                       tol: float = 1e-10, max_iter: int = 100, damping: float = 0.0,
-                      rtol: float = 1e-12) -> Solution:
+                      rtol: float = 1e-12, estimator: str = "relative") -> Solution:
     """Grad-IFV for FV with transformation robustness (and a prior): the fixed point on c.
 
     Starting from equal weights, repeat: x = argmin ||x^T A(c)||^2 over unit x in
     Im Z_k(y_ref)^{-1} C_M (Opt. (3) on the weighted mean gradient; with ``prior``: on
     A(c)(I - g g^T), the weight eliminated; with ``prior``, ``prior_norm`` and a known
     ``weight`` lambda: the least-squares x^T A(c) = lambda grad R^T instead, normalized);
-    then c <- (1-damping) c(x) + damping c. Stops per sample when the relative change of
-    c / mean|c| is at most ``tol``. k = 0: c = 1, one step, exact. Converges locally when
-    the per-transform gradients are small against the spectral gap (docs/robust-ifv.md).
+    then c <- (1-damping) c(x) + damping c. ``estimator`` "relative" (the default) minimizes
+    the relative stationarity ||x^T A(c)||^2 / x^T B(c) x instead of ||x^T A(c)||^2 over unit
+    x ("mean"), B(c) the mean squared per-transform gradient (``second_gram``); both are
+    exact for a stationary point of the K-sample expectation (K = 1: "mean"). Stops per
+    sample when the relative change of c / mean|c| is at most ``tol``. k = 0: c = 1, one
+    step, exact. Converges locally when the per-transform gradients are small against the
+    spectral gap (docs/robust-ifv.md).
 
     ys: (B, K, n_f); cross: (B, K n_f, K n_f); basis C_M: (n_f, d), default R^{n_f};
     prior: (B, K, n_f) = Dy_t g; prior_norm: (B,) = ||grad_v R||; y_ref: (B, n_f) for the
@@ -173,6 +234,9 @@ def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None 
     ys = ys.double()
     b, n_t, n_f = ys.shape
     known = weight is not None
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+    ratio = estimator == "relative" and n_t > 1  # K = 1: the quotient is 1 everywhere
     if known and (prior is None or prior_norm is None):
         raise ValueError("a known prior weight needs prior and prior_norm")
     if y_ref is None:
@@ -191,14 +255,16 @@ def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None 
     def step(c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x, its raw least-squares norm (NaN unless the weight is known), residual."""
         m = weighted_gram(ys, cross, c, k)
-        if prior is None:
+        if not known:
+            if prior is not None:
+                m = project_prior(m, weighted_prior(ys, prior, c, k))
+            if ratio:
+                bm = second_gram(ys, cross, c, k, prior)
+                x = _smallest_ratio(m, bm, u, y_ref)
+                return x, nan, stationarity(x, m, bm)
             x = _smallest(m, u, y_ref)
             return x, nan, relative_residual(x, m)
         a = weighted_prior(ys, prior, c, k)
-        if not known:
-            mp = project_prior(m, a)
-            x = _smallest(mp, u, y_ref)
-            return x, nan, relative_residual(x, mp)
         raw = _least_squares(m, u, rhs_norm.unsqueeze(-1) * a, rtol)
         return unit(raw), raw.norm(dim=-1), _fit_residual(raw, m, a, rhs_norm)
 
@@ -308,12 +374,14 @@ def responses_under(response: Response, samples: Sequence[Callable[[Tensor], Ten
 class Quantities:
     """What ``solve_transformed`` / ``solve_mean`` need, float64: y (B, K, n_f); cross
     (B, K n_f, K n_f) or None; mean_gram (B, n_f, n_f), the Gram of the mean Jacobian;
-    prior (B, K, n_f) = Dy_t g and prior_norm (B,) = ||grad_v R|| or None; evaluations:
-    the Jacobians computed (each is one forward and n_f backward passes of the batch)."""
+    second (B, n_f, n_f), the mean of the per-transform Grams (1/K) sum_t Dy_t Dy_t^T;
+    prior (B, K, n_f) = Dy_t g and prior_norm (B,) = ||grad_v R|| or None; evaluations: the
+    Jacobians computed (each is one forward and n_f backward passes of the batch)."""
 
     y: Tensor
     cross: Tensor | None
     mean_gram: Tensor
+    second: Tensor
     prior: Tensor | None
     prior_norm: Tensor | None
     evaluations: int
@@ -371,11 +439,15 @@ def quantities(responses: Sequence[ResponseFn], v: Tensor, *,
     h = None
     mean_jac = None
     if not cross:
+        second = None
         for t in range(n_t):
             dy = jac(t)
             if mean_jac is None:
                 mean_jac = torch.zeros(dy.shape, dtype=torch.float64, device=dy.device)
+                second = torch.zeros((b, dy.shape[1], dy.shape[1]), dtype=torch.float64,
+                                     device=dy.device)
             mean_jac += dy.double() / n_t
+            second += torch.stack([gram(dy[i]) for i in range(b)]) / n_t
             del dy
         n_f = mean_jac.shape[1]
         mg = torch.stack([gram(mean_jac[i]) for i in range(b)])
@@ -409,29 +481,47 @@ def quantities(responses: Sequence[ResponseFn], v: Tensor, *,
             del held
         h = h.reshape(b, n_t * n_f, n_t * n_f)
         mg = mean_gram(h, n_t)
+        second = torch.diagonal(h.reshape(b, n_t, n_f, n_t, n_f), dim1=1, dim2=3).mean(-1)
     y = torch.stack(ys, dim=1)  # type: ignore[arg-type]
     u = torch.stack(us, dim=1) if g is not None else None  # type: ignore[arg-type]
-    return Quantities(y=y, cross=h, mean_gram=mg, prior=u, prior_norm=pnorm,
+    return Quantities(y=y, cross=h, mean_gram=mg, second=second, prior=u, prior_norm=pnorm,
                       evaluations=evaluations)
 
 
 def solve_quantities(q: Quantities, k: float, basis: Tensor | None = None, *,
-                     tol: float = 1e-10, max_iter: int = 100) -> Solution:
-    """The robust solution from ``quantities``: k = 0 on the mean Jacobian (``solve_mean``,
-    with a prior on G_mean - u u^T, u the mean of Dy_t g), k > 0 the fixed point
-    (``solve_transformed``, which needs ``q.cross``); the prior's weight is eliminated.
+                     tol: float = 1e-10, max_iter: int = 100,
+                     estimator: str = "relative") -> Solution:
+    """The robust solution from ``quantities``: k = 0 on the mean Jacobian (estimator
+    "mean": ``solve_mean``; "relative": the quotient with the mean per-transform Gram, with a
+    prior both projected), k > 0 the fixed point (``solve_transformed``, which needs
+    ``q.cross``); the prior's weight is eliminated. With K = 1 the estimator is "mean".
     basis C_M: (n_f, d), default R^{n_f}. Returns a ``Solution`` ((B, n_f) x and its record)."""
-    b, n_t, _ = q.y.shape
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+    b, n_t, n_f = q.y.shape
+    if n_t == 1:  # one transform (a prior alone): the quotient is 1 everywhere
+        estimator = "mean"
     y_ref = unit(q.y.double()).mean(1)
     if k == 0:
-        g = q.mean_gram if q.prior is None else project_prior(q.mean_gram, q.prior.mean(1))
-        x, _ = solve_mean(y_ref, g, basis)
+        g, second = q.mean_gram, q.second
+        if q.prior is not None:
+            u = q.prior.double()
+            g = project_prior(g, u.mean(1))
+            second = symmetric(second - (u.unsqueeze(-1) * u.unsqueeze(-2)).mean(1))
+        if estimator == "mean":
+            x, _ = solve_mean(y_ref, g, basis)
+            residual = relative_residual(x, g)
+        else:
+            if basis is None:
+                basis = torch.eye(n_f, dtype=torch.float64, device=g.device)
+            x = _smallest_ratio(g, second, substitution(y_ref, 0.0, basis), y_ref)
+            residual = stationarity(x, g, second)
         ones = torch.ones(b, n_t, dtype=torch.float64, device=x.device)
         nan = torch.full((b,), float("nan"), dtype=torch.float64, device=x.device)
-        return Solution(x=x, weights=ones, residual=relative_residual(x, g),
+        return Solution(x=x, weights=ones, residual=residual,
                         iterations=torch.ones(b, dtype=torch.long, device=x.device),
                         converged=torch.ones(b, dtype=torch.bool, device=x.device), scale=nan)
     if q.cross is None:
         raise ValueError("k > 0 needs the cross-Grams (quantities(..., cross=True))")
     return solve_transformed(q.y, q.cross, k, basis, prior=q.prior, y_ref=y_ref, tol=tol,
-                             max_iter=max_iter)
+                             max_iter=max_iter, estimator=estimator)

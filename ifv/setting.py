@@ -27,14 +27,14 @@ from torch import Tensor, nn
 
 from ifv.device import resolve
 from ifv.errors import UserError
-from ifv.fv import FVSettings
+from ifv.fv import FVSettings, lbfgs_draws
 from ifv.jacobian import METHODS
 from ifv.models import check_layer, get_spec, load
 from ifv.models.registry import ModelSpec
 from ifv.objective import AGGREGATIONS, Response, ResponseFn, tap
 from ifv.param import PARAMS, Parametrization, make_param
 from ifv.prior import PRIORS, WEIGHTS, Prior
-from ifv.robust import responses_under
+from ifv.robust import ESTIMATORS, responses_under
 from ifv.store import check_writable
 from ifv.transform import (
     PRESETS,
@@ -195,12 +195,19 @@ class Bound:
         """Whether FV is robust FV (transforms or a prior): the robust solver inverts it."""
         return self.transform is not None or self.prior is not None
 
-    def robust_inputs(self, rb: Robust) -> tuple[list[ResponseFn], Prior | None]:
-        """What the robust solver needs besides v: one response per fixed transform (the
-        ``rb.samples`` draws of ``rb.seed``; the response itself without transforms) and
-        R o P without its weight (None without a prior), docs/robust-ifv.md."""
-        samples = ([lambda images: images] if self.transform is None
-                   else self.transform.samples(rb.samples, rb.seed))
+    def robust_inputs(self, rb: Robust, fv: FVSettings | None = None, seed: int = 0
+                      ) -> tuple[list[ResponseFn], Prior | None]:
+        """What the robust solver needs besides v: one response per fixed transform (FV's
+        L-BFGS draws for ``seed`` where ``rb`` uses them, ``fv`` the FV settings that made
+        the realizations; else the ``rb.samples`` draws of ``rb.seed``; the response itself
+        without transforms) and R o P without its weight (None without a prior),
+        docs/robust-ifv.md."""
+        if self.transform is None:
+            samples = [lambda images: images]
+        elif rb.uses_fv_draws(fv):
+            samples = lbfgs_draws(self.transform, fv, seed)  # type: ignore[arg-type]
+        else:
+            samples = self.transform.samples(rb.samples, rb.seed)
         prior = (None if self.prior is None
                  else Prior(self.setting.prior["name"], self.param))
         return responses_under(self.response, samples), prior
@@ -455,11 +462,18 @@ class Critical:
     rho: float | None = None
 
 
+DRAWS = ("auto", "fv", "sampled")  # inversion.draws (``Robust``)
+
+
 @dataclass(frozen=True)
 class Robust:
-    """The robust solver's options (docs/robust-ifv.md): the expectation over transforms is
-    estimated from ``samples`` fixed draws of their own ``seed``; the fixed point on the
-    weights (k > 0) stops at relative change ``tol`` or after ``max_iter`` steps;
+    """The robust solver's options (docs/robust-ifv.md). ``draws``: the transforms that
+    estimate the expectation: ``fv``, the fixed draws FV's L-BFGS averaged over
+    (``ifv.fv.lbfgs_draws``, exact for realizations ifv made); ``sampled``, ``samples``
+    draws of their own ``seed`` (for realizations made elsewhere); ``auto``, fv where ifv
+    made the realizations with L-BFGS (``ifv run``), else sampled. ``estimator``: relative
+    (the relative stationarity) or mean (Opt. (3) on the mean gradient). The fixed point on
+    the weights (k > 0) stops at relative change ``tol`` or after ``max_iter`` steps;
     ``batch_size`` realizations at a time (each holds K^2 n_f^2 float64 of cross-Grams)."""
 
     samples: int = 32
@@ -467,6 +481,33 @@ class Robust:
     tol: float = 1e-10
     max_iter: int = 100
     batch_size: int = 8
+    draws: str = "auto"
+    estimator: str = "relative"
+
+    def uses_fv_draws(self, fv: FVSettings | None) -> bool:
+        """Whether the draws are FV's own: ``fv`` describes how ifv made the realizations
+        (None: made elsewhere)."""
+        if self.draws == "fv" and fv is None:
+            raise UserError("inversion.draws=fv needs the FV settings the realizations were "
+                            "made with; valid here: auto, sampled")
+        return self.draws == "fv" or (self.draws == "auto" and fv is not None
+                                      and fv.lbfgs_steps > 0)
+
+    def record(self, transformed: bool, fv: FVSettings | None) -> dict[str, Any]:
+        """The results' inversion_* columns (``ifv.results.RUN``) for realizations made with
+        (``transformed``) or without transforms; ``fv`` as in ``uses_fv_draws``."""
+        if not transformed:
+            return {"inversion_samples": 1, "inversion_draws": "none",
+                    "inversion_estimator": "mean"}
+        return {"inversion_samples": self.n_draws(fv),
+                "inversion_draws": "fv" if self.uses_fv_draws(fv) else "sampled",
+                "inversion_estimator": self.estimator}
+
+    def n_draws(self, fv: FVSettings | None) -> int:
+        """K, the number of transform draws used."""
+        if self.uses_fv_draws(fv):
+            return fv.transform_samples  # type: ignore[union-attr]
+        return self.samples
 
     @classmethod
     def from_config(cls, c: Any) -> Robust:
@@ -475,7 +516,9 @@ class Robust:
                    seed=count("inversion.seed", c.seed),
                    tol=number("inversion.tol", c.tol),
                    max_iter=count("inversion.max_iter", c.max_iter, 1),
-                   batch_size=count("inversion.batch_size", c.batch_size, 1))
+                   batch_size=count("inversion.batch_size", c.batch_size, 1),
+                   draws=choice("inversion.draws", c.draws, DRAWS),
+                   estimator=choice("inversion.estimator", c.estimator, ESTIMATORS))
 
 
 @dataclass(frozen=True)
@@ -520,15 +563,8 @@ class Experiment:
         n_f = len(setting.features(setting.spec.layers[setting.layer]))  # type: ignore[union-attr]
         n_total = count("sampling.n_total", cfg.sampling.n_total, 1)
         n_canonical = _n_canonical(cfg.sampling.canonical, n_total, n_f)
-        f, r = cfg.fv, cfg.reopt
-        fv = FVSettings(adam_steps=count("fv.adam_steps", f.adam_steps),
-                        adam_lr=number("fv.adam_lr", f.adam_lr, strict=True),
-                        lbfgs_steps=count("fv.lbfgs_steps", f.lbfgs_steps),
-                        history=count("fv.history", f.history, 1),
-                        tol=number("fv.tol", f.tol),
-                        batch_size=count("fv.batch_size", f.batch_size, 1),
-                        transform_samples=count("fv.transform_samples", f.transform_samples,
-                                                1))
+        r = cfg.reopt
+        fv = fv_settings(cfg.fv)
         reopt = FVSettings(adam_steps=count("reopt.steps", r.steps),
                            adam_lr=number("reopt.lr", r.lr, strict=True), lbfgs_steps=0,
                            batch_size=count("reopt.batch_size", r.batch_size, 1))
@@ -550,6 +586,17 @@ class Experiment:
                    jacobian_max_bytes=count("jacobian.max_bytes", cfg.jacobian.max_bytes, 1),
                    jacobian_batch=count("jacobian.batch_size", cfg.jacobian.batch_size, 1),
                    critical=critical, robust=Robust.from_config(cfg.inversion))
+
+
+def fv_settings(f: Any) -> FVSettings:
+    """``fv.*`` of a composed config."""
+    return FVSettings(adam_steps=count("fv.adam_steps", f.adam_steps),
+                      adam_lr=number("fv.adam_lr", f.adam_lr, strict=True),
+                      lbfgs_steps=count("fv.lbfgs_steps", f.lbfgs_steps),
+                      history=count("fv.history", f.history, 1),
+                      tol=number("fv.tol", f.tol),
+                      batch_size=count("fv.batch_size", f.batch_size, 1),
+                      transform_samples=count("fv.transform_samples", f.transform_samples, 1))
 
 
 def _n_canonical(canonical: Any, n_total: int, n_f: int) -> int:

@@ -11,16 +11,22 @@ from ifv.inverse import solve, substitution, unit, z_k
 from ifv.metrics import angular_distance, relative_residual
 from ifv.objective import Response
 from ifv.robust import (
+    ESTIMATORS,
+    Quantities,
     mean_gram,
     prior_weight,
     project_prior,
     quantities,
     responses_under,
+    second_gram,
     solve_known_weight,
     solve_mean,
     solve_prior,
+    solve_quantities,
     solve_transformed,
+    stationarity,
     weighted_gram,
+    weighted_prior,
     weights,
 )
 
@@ -72,10 +78,11 @@ def _angle(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(angular_distance(a, b).max())
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_planted_transforms_recovered(k: int) -> None:
+def test_planted_transforms_recovered(k: int, estimator: str) -> None:
     x, ys, dys, _, _ = _planted(4, 6, 5, 40, k, spread=0.5, seed=k)
-    s = solve_transformed(ys, _cross(dys), k, tol=1e-13)
+    s = solve_transformed(ys, _cross(dys), k, tol=1e-13, estimator=estimator)
     assert bool(s.converged.all())
     assert torch.allclose(s.x, x, atol=1e-8)
     assert torch.allclose(s.weights, weights(x, ys, k), atol=1e-8)
@@ -134,7 +141,7 @@ def test_k0_is_opt3_on_the_mean_jacobian() -> None:
     basis = _basis(6, 5, 0)
     y_ref = unit(ys).mean(1)
     x_ref, lam = solve(y_ref, gm, 0, basis)
-    s = solve_transformed(ys, cross, 0, basis)
+    s = solve_transformed(ys, cross, 0, basis, estimator="mean")
     assert torch.allclose(s.x, x_ref, atol=1e-10)
     assert s.iterations.tolist() == [1, 1, 1] and torch.equal(s.weights, torch.ones(3, 4,
                                                                                    dtype=F64))
@@ -142,12 +149,71 @@ def test_k0_is_opt3_on_the_mean_jacobian() -> None:
     assert torch.allclose(xm, x_ref, atol=1e-10) and torch.allclose(lm, lam, atol=1e-12)
 
 
+def _per_transform(x: torch.Tensor, ys: torch.Tensor, dys: torch.Tensor, k: float,
+                   g: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-transform gradients c_t x^T Z_t Dy_t (I - g g^T) straight from Dy_t:
+    (b, K, n_p)."""
+    b, n_t, n_f, _ = dys.shape
+    z = z_k(ys.reshape(-1, n_f), k).reshape(b, n_t, n_f, n_f)
+    grads = weights(x, ys, k)[..., None] * (x[:, None, None, :] @ z @ dys).squeeze(-2)
+    if g is not None:
+        grads = grads - (grads * g[:, None, :]).sum(-1, keepdim=True) * g[:, None, :]
+    return grads
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_second_gram_and_stationarity_from_the_per_transform_gradients(k: int) -> None:
+    """x^T B x = mean_t ||g_t||^2 and stationarity = ||mean_t g_t|| / rms_t ||g_t||, with
+    and without a prior's projection, against g_t formed from Dy_t."""
+    g = torch.Generator().manual_seed(11)
+    ys = torch.rand(3, 5, 6, generator=g, dtype=F64) + 0.2
+    dys = torch.randn(3, 5, 6, 30, generator=g, dtype=F64)
+    x = unit(torch.randn(3, 6, generator=g, dtype=F64))
+    gv = unit(torch.randn(3, 30, generator=g, dtype=F64))
+    cross = _cross(dys)
+    c = weights(x, ys, k)
+    for prior in (None, gv):
+        grads = _per_transform(x, ys, dys, k, prior)
+        bm = second_gram(ys, cross, c, k, None if prior is None else _jvp(dys, gv))
+        quad = (x.unsqueeze(-2) @ bm @ x.unsqueeze(-1)).flatten()
+        assert torch.allclose(quad, (grads**2).sum(-1).mean(1), rtol=1e-10)
+        m = weighted_gram(ys, cross, c, k)
+        if prior is not None:
+            m = project_prior(m, weighted_prior(ys, _jvp(dys, gv), c, k))
+        expect = grads.mean(1).norm(dim=-1) / (grads**2).sum(-1).mean(1).sqrt()
+        assert torch.allclose(stationarity(x, m, bm), expect, rtol=1e-10)
+
+
+def test_relative_estimator_is_the_generalized_eigenproblem() -> None:
+    """k = 0, C_M given: the relative estimator minimizes the quotient x^T A x / x^T B x
+    over Im C_M, as scipy's generalized symmetric eigensolver finds it."""
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = torch.Generator().manual_seed(7)
+    ys = torch.rand(2, 6, 5, generator=g, dtype=F64)
+    dys = torch.randn(2, 6, 5, 40, generator=g, dtype=F64)
+    basis = _basis(5, 4, 1)
+    cross = _cross(dys)
+    sec = torch.diagonal(cross.reshape(2, 6, 5, 6, 5), dim1=1, dim2=3).mean(-1)
+    q = Quantities(y=ys, cross=cross, mean_gram=mean_gram(cross, 6), second=sec, prior=None,
+                   prior_norm=None, evaluations=6)
+    s = solve_quantities(q, 0, basis)
+    mean = dys.mean(1)
+    for i in range(2):
+        a = (basis.T @ mean[i] @ mean[i].T @ basis).numpy()
+        bb = (basis.T @ (dys[i] @ dys[i].transpose(-1, -2)).mean(0) @ basis).numpy()
+        _, vec = scipy_linalg.eigh(a, bb)
+        ref = unit(basis @ torch.from_numpy(vec[:, 0]))
+        assert float(angular_distance(s.x[i:i + 1], ref[None]).min()) < 1e-6 or \
+            float(angular_distance(s.x[i:i + 1], -ref[None]).min()) < 1e-6
+    assert torch.allclose(solve_transformed(ys, cross, 0, basis).x, s.x, atol=1e-10)
+
+
 def test_critical_basis_respected() -> None:
     """Dy_t share the co-kernel C^perp: without C_M, x is found only modulo C^perp."""
     basis = _basis(6, 4, 3)
     x, ys, dys, _, _ = _planted(3, 4, 6, 30, 2, spread=0.3, seed=3, basis=basis)
     cross = _cross(dys)
-    free = solve_transformed(ys, cross, 2)  # any x* + C^perp shift has residual 0
+    free = solve_transformed(ys, cross, 2, estimator="mean")  # x* + C^perp: residual 0
     assert float(free.residual.max()) < 1e-6 and _angle(free.x, x) > 1.0
     assert _angle(free.x @ basis @ basis.T, x) < 1e-6  # x* modulo C^perp (Sec. 2.2)
     s = solve_transformed(ys, cross, 2, basis, tol=1e-13)
@@ -227,7 +293,8 @@ def test_combined_transforms_and_prior(k: int) -> None:
     assert float(s.residual.max()) < 1e-6
     assert torch.allclose(prior_weight(s.x, ys, u, rnorm, k),
                           torch.full((3,), lam, dtype=F64), atol=1e-8)
-    assert _angle(solve_transformed(ys, cross, k, basis).x, x) > 0.5
+    for est in ESTIMATORS:  # ignoring the prior is wrong
+        assert _angle(solve_transformed(ys, cross, k, basis, estimator=est).x, x) > 0.3
     known = solve_transformed(ys, cross, k, basis, prior=u, prior_norm=rnorm, weight=lam,
                               tol=1e-13)
     assert bool(known.converged.all()) and torch.allclose(known.x, x, atol=1e-8)

@@ -14,11 +14,11 @@ from torch import nn
 import ifv
 from ifv.cli import main
 from ifv.errors import UserError
-from ifv.fv import FVSettings, realize
+from ifv.fv import FVSettings, lbfgs_draws, realize
 from ifv.objective import Response
 from ifv.param import make_param
 from ifv.prior import PENALTIES, Prior
-from ifv.setting import Setting, transform_steps
+from ifv.setting import Robust, Setting, transform_steps
 
 TINY = ["model.weights=random", "features.n=4", "sampling.n_total=2", "fv.adam_steps=2",
         "fv.lbfgs_steps=2", "fv.transform_samples=2", "reopt.steps=1", "inversion.samples=2",
@@ -126,6 +126,8 @@ def test_invert_records_the_settings(small_cnn: nn.Module, tmp_path: Path,
     (["transforms.steps=[{pad: 1}]"], "transforms.steps needs transforms=custom"),
     (["inversion.samples=0"], "inversion.samples must be an integer >= 1"),
     (["fv.transform_samples=0"], "fv.transform_samples must be an integer >= 1"),
+    (["inversion.draws=mine"], "unknown inversion.draws 'mine'; valid: auto, fv, sampled"),
+    (["inversion.estimator=best"], "unknown inversion.estimator 'best'; valid: relative, mean"),
 ])
 def test_user_errors_are_one_line(args: list[str], expect: str,
                                   capsys: pytest.CaptureFixture) -> None:
@@ -140,3 +142,34 @@ def test_api_errors(small_cnn: nn.Module) -> None:
         Setting.make(small_cnn, "conv2", 4, size=(8, 8), transforms="jiggle")
     with pytest.raises(UserError, match="unknown prior option"):
         Setting.make(small_cnn, "conv2", 4, size=(8, 8), prior={"name": "tv", "lam": 1})
+
+
+def test_inversion_draws_are_fvs_own_where_ifv_made_the_realizations(small_cnn: nn.Module
+                                                                      ) -> None:
+    """auto: FV's L-BFGS draws for ifv's realizations (L-BFGS ran), else sampled ones;
+    fv without FV's settings is refused in one line."""
+    b = Setting.make(small_cnn, "conv2", 4, size=(8, 8), transforms="standard").bind(
+        progress=False)
+    rb = Robust(samples=3, seed=5)
+    assert rb.uses_fv_draws(SETTINGS) and not rb.uses_fv_draws(None)
+    assert not rb.uses_fv_draws(FVSettings(lbfgs_steps=0))
+    assert not Robust(draws="sampled").uses_fv_draws(SETTINGS)
+    with pytest.raises(UserError, match="inversion.draws=fv needs the FV settings"):
+        Robust(draws="fv").uses_fv_draws(None)
+    v = _init(2, torch.Generator().manual_seed(0))
+    img = b.param(v.float())
+
+    def images(rb: Robust, fv: FVSettings | None, seed: int) -> list[torch.Tensor]:
+        responses, _ = b.robust_inputs(rb, fv, seed)
+        return [r.param(v.float()) for r in responses]
+
+    own = [t(img) for t in lbfgs_draws(b.transform, SETTINGS, 7)]
+    got = images(rb, SETTINGS, 7)
+    assert len(got) == SETTINGS.transform_samples
+    assert all(torch.equal(a, c) for a, c in zip(got, own, strict=True))
+    sampled = [t(img) for t in b.transform.samples(3, 5)]
+    got = images(rb, None, 7)
+    assert len(got) == 3 and all(torch.equal(a, c) for a, c in zip(got, sampled, strict=True))
+    assert rb.record(True, SETTINGS) == {"inversion_samples": 2, "inversion_draws": "fv",
+                                         "inversion_estimator": "relative"}
+    assert rb.record(False, SETTINGS)["inversion_draws"] == "none"
