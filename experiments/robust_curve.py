@@ -106,7 +106,7 @@ def plot(paths: Sequence[str], figure: str) -> None:
     import matplotlib.pyplot as plt
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False,
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1, 4.2), squeeze=False,
                              sharey=True)
     for ax, r in zip(axes[0], runs, strict=True):
         for e, style in zip(ESTIMATORS, ("-o", "--s"), strict=True):
@@ -126,8 +126,9 @@ def plot(paths: Sequence[str], figure: str) -> None:
         ax.set_title(f"k={r['k']:g}, prior={r['prior']}, {maker}", fontsize=9)
     axes[0][0].set_ylabel("median angle to the target (deg)")
     axes[0][0].set_ylim(0, 95)
-    axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     atomic_write(Path(figure), lambda p: fig.savefig(p, dpi=130, format="png"))
     plt.close(fig)
 

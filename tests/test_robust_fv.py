@@ -173,3 +173,23 @@ def test_inversion_draws_are_fvs_own_where_ifv_made_the_realizations(small_cnn: 
     assert rb.record(True, SETTINGS) == {"inversion_samples": 2, "inversion_draws": "fv",
                                          "inversion_estimator": "relative"}
     assert rb.record(False, SETTINGS)["inversion_draws"] == "none"
+
+
+def test_robust_curve_plot(tmp_path: Path) -> None:
+    """``experiments.robust_curve --plot`` draws a panel per run file into a PNG."""
+    from PIL import Image
+
+    from experiments.robust_curve import plot
+
+    run = {"k": 2.0, "prior": "none", "maker": "ifv", "fv_samples": 16, "plain": 88.0,
+           "response": 60.0, "fv_draws": {"relative": 8.0, "mean": 10.0},
+           "sampled": {e: {"1": 80.0, "4": 60.0, "16": 42.0} for e in ("relative", "mean")}}
+    files = []
+    for k in (0, 2):
+        f = tmp_path / f"k{k}.json"
+        f.write_text(json.dumps({**run, "k": float(k)}))
+        files.append(str(f))
+    out = tmp_path / "curve.png"
+    plot(files, str(out))
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > im.size[1] > 200
