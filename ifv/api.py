@@ -263,7 +263,7 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
                 "transforms": describe_transforms(s.transforms), "prior": s.prior,
                 "inversion": ({key.removeprefix("inversion_"): value for key, value
                                 in rb.record(bound.transform is not None, fv).items()}
-                              | {"seed": seed if rb.uses_fv_draws(fv) else rb.seed,
+                              | {"seed": rb.source(fv, seed)[2],
                                  "tol": rb.tol, "max_iter": rb.max_iter}
                               if bound.robust else None)}
     return Inversion(x_pred=x_pred, y=y, gram=gram, residual=residual,

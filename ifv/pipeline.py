@@ -268,9 +268,8 @@ def robust_stage(exp: Experiment, bound: Any, v: Tensor, spaces: list[CriticalSp
     s, rb = exp.setting, exp.robust
     n = len(v)
     responses, prior = bound.robust_inputs(rb, exp.fv, exp.seed)
-    own = rb.uses_fv_draws(exp.fv)
-    key = {"realizations": real_key, "draws": "fv" if own else "sampled",
-           "samples": rb.n_draws(exp.fv), "seed": exp.seed if own else rb.seed,
+    draws, n_draws, draw_seed = rb.source(exp.fv, exp.seed)
+    key = {"realizations": real_key, "draws": draws, "samples": n_draws, "seed": draw_seed,
            "estimator": rb.estimator, "tol": rb.tol, "max_iter": rb.max_iter,
            "spaces": content_key([sp.basis.cpu().numpy().round(10).tolist() for sp in spaces])}
 

@@ -499,15 +499,16 @@ class Robust:
         if not transformed:
             return {"inversion_samples": 1, "inversion_draws": "none",
                     "inversion_estimator": "mean"}
-        return {"inversion_samples": self.n_draws(fv),
-                "inversion_draws": "fv" if self.uses_fv_draws(fv) else "sampled",
+        draws, n, _ = self.source(fv, 0)
+        return {"inversion_samples": n, "inversion_draws": draws,
                 "inversion_estimator": self.estimator}
 
-    def n_draws(self, fv: FVSettings | None) -> int:
-        """K, the number of transform draws used."""
+    def source(self, fv: FVSettings | None, seed: int) -> tuple[str, int, int]:
+        """The transform draws used, as (draws, K, seed): ("fv", fv.transform_samples, the
+        run's ``seed``) for FV's own draws, else ("sampled", samples, self.seed)."""
         if self.uses_fv_draws(fv):
-            return fv.transform_samples  # type: ignore[union-attr]
-        return self.samples
+            return "fv", fv.transform_samples, seed  # type: ignore[union-attr]
+        return "sampled", self.samples, self.seed
 
     @classmethod
     def from_config(cls, c: Any) -> Robust:
