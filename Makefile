@@ -32,12 +32,18 @@ figures: install         ## the paper's figures, Table 1 and figures/REPORT.md f
 	$(PY) -m experiments.report
 
 EXPERIMENTS := $(shell seq -f 'exp%02g' 1 25)
+BEYOND      := dnde_robust dnde_robust_tv gn4c_robust gn4c_robust_tv
+COMPARISONS := dnde_permuted dnde_rescaled_k0 dnde_rescaled_k2 dnde_seeds gn4c_permuted gn4c_rescaled_k2
 
-reproduce: install       ## all 25 experiments (profile=quick, offline tier), then figures/REPORT.md
+reproduce: install       ## the 25 experiments, the robust ones and the comparisons (profile=quick, offline tier), then figures/REPORT.md
 	@start=$$(date +%s); failed=""; \
-	for e in $(EXPERIMENTS); do \
+	for e in $(EXPERIMENTS) $(BEYOND); do \
 	  echo "== $$e ($$(( ($$(date +%s) - start) / 60 )) min so far)"; \
 	  $(VENV)/bin/ifv run experiment=$$e profile=quick tier=offline || failed="$$failed $$e"; \
+	done; \
+	for c in $(COMPARISONS); do \
+	  echo "== compare $$c ($$(( ($$(date +%s) - start) / 60 )) min so far)"; \
+	  $(VENV)/bin/ifv compare comparison=$$c profile=quick tier=offline || failed="$$failed $$c"; \
 	done; \
 	$(PY) -m experiments.collect && $(PY) -m experiments.figures; \
 	$(PY) -m experiments.report; \

@@ -3,7 +3,8 @@
     python -m experiments.collect [DIR ...] [--out results]
 
 Finds every ``results.parquet`` below the DIRs (default: ``outputs`` and ``multirun``) and
-writes, per experiment of Supp. S4, the files described in ``experiments.results``. Every
+writes, per experiment, the files described in ``experiments.results``; the newest run of
+each comparison of ``ifv compare`` (a folder with summary.json) goes to ``compare/``. Every
 parquet file is read by itself, without hive partition discovery, so the ``k=2``-like
 folders of Hydra sweeps never add or overwrite columns. Where the same configuration
 (experiment, model, layer, n_f, aggregation, k, param, seed and sample count) ran
@@ -15,6 +16,7 @@ file are reported with one line each and skipped. All writes are atomic.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from experiments.results import image_key
+from experiments.results import COMPARE, image_key
 from ifv.results import CONFIG
 from ifv.store import atomic_write
 
@@ -172,9 +174,50 @@ def write_experiment(exp: str, runs: list[Run], out: Path,
     return len(df), len(images)
 
 
+def comparison_name(summary_path: Path) -> str:
+    """The comparison a summary.json belongs to: its ``settings.name``, else the folder
+    above the run's (``outputs/compare/NAME/TIME``)."""
+    try:
+        name = json.loads(summary_path.read_text(encoding="utf-8"))["settings"].get("name")
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"unreadable summary ({e})") from e
+    return str(name) if name else summary_path.parent.parent.name
+
+
+def collect_comparisons(dirs: Sequence[Path], out: Path,
+                        log: Callable[[str], None] = print) -> list[str]:
+    """The newest ``ifv compare`` run of each name below ``dirs`` (a folder with
+    summary.json and compare.parquet) into ``out/compare/`` (``experiments.results``);
+    returns the names collected."""
+    newest: dict[str, tuple[float, Path]] = {}
+    for summary in sorted({p for d in dirs for p in d.rglob("summary.json")}):
+        if not (summary.parent / "compare.parquet").is_file():
+            continue
+        try:
+            name = comparison_name(summary)
+        except ValueError as e:
+            log(f"skipped {summary}: {e}")
+            continue
+        mtime = summary.stat().st_mtime
+        if name in newest:
+            log(f"comparison {name}: kept the newest of several runs")
+        if name not in newest or mtime > newest[name][0]:
+            newest[name] = (mtime, summary.parent)
+    folder = out / COMPARE
+    for name, (_, run) in sorted(newest.items()):
+        files = [("summary.json", f"{name}.json"), ("compare.parquet", f"{name}.parquet"),
+                 ("correspondence.png", f"{name}.correspondence.png"),
+                 ("pairs.png", f"{name}.pairs.png")]
+        for src, dst in files:
+            if (run / src).is_file():
+                atomic_write(folder / dst, lambda p, s=run / src: shutil.copyfile(s, p))
+    return sorted(newest)
+
+
 def collect(dirs: Sequence[Path], out: Path, log: Callable[[str], None] = print,
             ) -> pd.DataFrame:
-    """Collect every run below ``dirs`` into ``out``; returns the summary table."""
+    """Collect every run below ``dirs`` into ``out``; returns the summary table (the
+    comparisons are collected by ``collect_comparisons``)."""
     runs = newest_only(find_runs(dirs, log), log)
     by_exp: dict[str, list[Run]] = {}
     for run in runs:
@@ -210,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{' '.join(DEFAULT_DIRS)}", file=sys.stderr)
             return 2
     table = collect(dirs, Path(args.out))
+    names = collect_comparisons(dirs, Path(args.out))
+    if names:
+        print(f"comparisons: {', '.join(names)} -> {args.out}/{COMPARE}/")
     if table.empty:
         print(f"no results.parquet found under {' '.join(map(str, dirs))}")
         return 0

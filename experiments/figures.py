@@ -13,7 +13,10 @@ figures it skipped for missing experiments:
 - ``figS1``: Hoyer sparseness of uniform samples on the sphere (Supp. S2), needs no results;
 - ``figS2``: difference maps of re-optimization for exp01 (Supp. S3);
 - ``s4/<exp>``: the diagrams of Supp. S4 for every collected experiment;
-- ``table1.md``/``table1.csv``: seconds per sample per model (Table 1).
+- ``table1.md``/``table1.csv``: seconds per sample per model (Table 1);
+- ``robust``: median angles of the robust experiments (``experiments.beyond``, Sec. 4);
+- ``compare``: the shares of the comparisons of ``ifv compare``, and each one's heat map and
+  matched pairs under ``compare/``.
 
 Each figure is one matplotlib figure: its panels are subfigures laid out row by row (each
 row centred, a caption above every panel), each drawn by an ``ifv.plots`` function, so the
@@ -23,6 +26,7 @@ PDF is vector; only realizations and difference maps are embedded as images.
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -36,6 +40,12 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
 from matplotlib.textpath import TextToPath
 
+from experiments.beyond import (
+    COMPARISON_SHARES,
+    ROBUST_ANGLES,
+    comparison_table,
+    robust_table,
+)
 from experiments.reference import (
     EXPERIMENTS,
     NotApplicable,
@@ -54,6 +64,8 @@ from ifv.plots import (
     angle_ssim,
     difference_maps,
     difference_maps_size,
+    grouped_bars,
+    grouped_bars_size,
     hoyer_histograms,
     hoyer_histograms_size,
     new_figure,
@@ -447,9 +459,57 @@ def write_table1(res: Results, out: Path, log: Log) -> list[Path]:
     return [md, csv]
 
 
+# ---------------------------------------------------------------------------- Sec. 4
+
+def robust(res: Results, out: Path, log: Log) -> list[Path]:
+    """robust.png: median angles of plain and robust Grad-IFV, the feature response and a
+    random objective per robust experiment (``experiments.beyond.robust_table``), with the
+    goal of 10 degrees."""
+    try:
+        df = robust_table(res)
+    except NotRun as e:
+        raise Skipped(f"none of {e} in {res.root}/") from e
+    values = df[[c for c, _ in ROBUST_ANGLES]].to_numpy()
+    labels = [f"{r.experiment}\nk={r.k:g}, prior {r.prior}" for r in df.itertuples()]
+    colors = ("tab:red", "tab:blue", "tab:gray", "tab:orange")
+    cell = Cell(grouped_bars_size(len(df), len(ROBUST_ANGLES)),
+                _axes_panel(grouped_bars, values, labels, [lb for _, lb in ROBUST_ANGLES],
+                            ylabel="median angle to the target (deg)", ylim=(0, 100),
+                            line=(10.0, "goal: 10 deg"), colors=colors),
+                "realizations made under transforms (and a prior), inverted")
+    return write_figure(layout([[cell]], title="Robust FV (Sec. 4)"), out / "robust")
+
+
+def comparisons(res: Results, out: Path, log: Log) -> list[Path]:
+    """compare.png: per comparison the shares of ``COMPARISON_SHARES`` (recovered by
+    Grad-IFV and by the correlation baseline where a planted truth exists, confident
+    matches, agreement); each comparison's heat map and matched pairs are copied to
+    compare/NAME.correspondence.png, compare/NAME.pairs.png."""
+    try:
+        df = comparison_table(res)
+    except NotRun as e:
+        raise Skipped(f"none of {e} in {res.root}/compare/") from e
+    values = 100 * df[[k for k, _ in COMPARISON_SHARES]].to_numpy()
+    labels = [f"{r.comparison}\nk={r.k:g}" for r in df.itertuples()]
+    cell = Cell(grouped_bars_size(len(df), len(COMPARISON_SHARES)),
+                _axes_panel(grouped_bars, values, labels, [lb for _, lb in COMPARISON_SHARES],
+                            ylabel="% of A's canonical objectives", ylim=(0, 115)),
+                "FV on A, Grad-IFV on B (ifv compare); '-': no ground truth")
+    written = write_figure(layout([[cell]], title="Network comparison (Sec. 4)"),
+                           out / "compare")
+    for name in df["comparison"]:
+        for figure in ("correspondence", "pairs"):
+            src = res.comparison_figure(name, figure)
+            if src is not None:
+                written.append(atomic_write(out / "compare" / f"{name}.{figure}.png",
+                                            lambda p, s=src: shutil.copyfile(s, p)))
+    return written
+
+
 BUILDERS: tuple[tuple[str, Callable[[Results, Path, Log], list[Path]]], ...] = (
     ("Fig. 2", fig2), ("Fig. 3", fig3), ("Fig. 4", fig4), ("Fig. S1", fig_s1),
     ("Fig. S2", fig_s2), ("Supp. S4 diagrams", s4), ("Table 1", write_table1),
+    ("robust FV", robust), ("network comparison", comparisons),
 )
 
 

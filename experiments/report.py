@@ -5,8 +5,9 @@ part 5).
 
 One table row per claim of ``experiments.reference.CLAIMS``: the paper's value, ours, the
 experiments, the tolerance and whether we agree; experiments absent from ``results/`` give
-"not run" rows. Then what ran (models, tiers, sample counts), Table 1, and the figures
-found beside the report.
+"not run" rows. Then what ran (models, tiers, sample counts), Table 1, the sections beyond
+the paper (robust FV, network comparison: ``experiments.beyond``), and the figures found
+beside the report.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.beyond import (
+    comparison_markdown,
+    comparison_table,
+    robust_markdown,
+    robust_table,
+)
 from experiments.reference import (
     CLAIMS,
     EXPERIMENTS,
@@ -102,6 +109,33 @@ def provenance(res: Results) -> str:
     return "\n".join(lines)
 
 
+def beyond(res: Results, out: Path) -> list[str]:
+    """The sections beyond the paper's Sec. 3 (its Sec. 4): robust FV and network
+    comparison, from ``experiments.beyond``'s tables."""
+    parts = ["## Beyond the paper: robust FV (Sec. 4)", "",
+             "Realizations made with transformation robustness (and an image prior) and "
+             "inverted by plain Grad-IFV and by the robust solver (docs/robust-ifv.md). "
+             "Median angles in degrees over each run's samples; SSIM after re-optimization "
+             "w.r.t. the robust prediction under the same transforms.", ""]
+    try:
+        parts.append(robust_markdown(robust_table(res)))
+    except NotRun as e:
+        parts.append(f"Not run ({e}; `ifv run experiment=NAME`, or `make reproduce`).")
+    parts += ["", "## Beyond the paper: network comparison (Sec. 4)", "",
+              "FV on network A, Grad-IFV on network B (`ifv compare`, docs/compare.md), beside "
+              "the activation-correlation baseline of Li et al. 2015. Planted copies of A have "
+              "a ground truth; two seeds do not (\"-\").", ""]
+    try:
+        parts.append(comparison_markdown(comparison_table(res)))
+        maps = sorted((out.parent / "compare").glob("*.png"))
+        if maps:
+            parts += ["", "Heat maps and matched pairs: " + ", ".join(
+                f"[{f.stem}]({os.path.relpath(f, out.parent)})" for f in maps) + "."]
+    except NotRun as e:
+        parts.append(f"Not run ({e}; `ifv compare comparison=NAME`, or `make reproduce`).")
+    return [*parts, ""]
+
+
 def render(res: Results, rows: Sequence[Row], out: Path) -> str:
     """The whole report; figure links relative to ``out``'s folder."""
     counts = {s: sum(r.status == s for r in rows) for s in (YES, NO, NOT_RUN, NA)}
@@ -144,6 +178,7 @@ def render(res: Results, rows: Sequence[Row], out: Path) -> str:
         "",
         table1_markdown(table1(res)),
         "",
+        *beyond(res, out),
         "## Figures",
         "",
     ]

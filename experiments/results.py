@@ -10,10 +10,16 @@ Layout, per experiment id of Supp. S4 (``exp01`` ... ``exp25``):
   with the most features, the newest run among equals);
 - ``<exp>/<param>-n<n_f>-k<k>.npz``: the images of every configuration, only where an
   experiment has several (sweeps over n_f, Supp. S4 experiments 6, 7, 11, 12).
+
+Experiments beyond Supp. S4 (e.g. ``dnde_robust``) are collected the same way, under their
+name. Comparisons of ``ifv compare``, the newest run of each name: ``compare/<name>.json``
+(its summary.json), ``compare/<name>.parquet`` (compare.parquet) and
+``compare/<name>.correspondence.png`` / ``compare/<name>.pairs.png`` (its figures).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 PathLike = str | os.PathLike[str]
+COMPARE = "compare"  # the folder of the collected comparisons
 
 
 class NotRun(LookupError):
@@ -88,3 +95,24 @@ class Results:
             return None
         with np.load(path) as z:
             return {name: z[name] for name in z.files}
+
+    # --- comparisons (``ifv compare``), collected into ``compare/`` -----------------------
+
+    @property
+    def comparison_names(self) -> list[str]:
+        """Names of the collected comparisons (``compare/<name>.json``), sorted."""
+        folder = self.root / COMPARE
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def comparison(self, name: str) -> dict:
+        """summary.json of comparison ``name``; raises ``NotRun`` if it was not collected."""
+        path = self.root / COMPARE / f"{name}.json"
+        if not path.is_file():
+            raise NotRun(name)
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def comparison_figure(self, name: str, figure: str) -> Path | None:
+        """A figure of ``ifv compare`` (``correspondence`` or ``pairs``) of comparison
+        ``name``, or None."""
+        path = self.root / COMPARE / f"{name}.{figure}.png"
+        return path if path.is_file() else None

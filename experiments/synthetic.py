@@ -36,10 +36,14 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
               ssim_target: float = 0.9, ssim_pred: float = 0.85, ssim_response: float = 0.5,
               ssim_random: float = 0.45, alpha1: float = 0.9,
               times: Sequence[float] = (2.0, 0.1, 0.01, 0.7), spread: float = 2.0,
-              ) -> pd.DataFrame:
+              transforms: str = "none", prior: str = "none",
+              angle_robust: float | None = None) -> pd.DataFrame:
     """The results.parquet of one run. ``spaces`` maps critical_dim -> median angle_pred
     (default: the full space at 10 degrees); the lowest median is the best space.
-    ``n_channels``: the layer's channels (default n_f)."""
+    ``n_channels``: the layer's channels (default n_f). ``angle_robust``: the robust
+    solver's median angle in every space (default: plain Grad-IFV's, as without
+    ``transforms`` and ``prior``)."""
+    robust = transforms != "none" or prior != "none"
     spaces = dict(spaces) if spaces is not None else {n_f: 10.0}
     rest = (1.0 - alpha1) / max(n_f - 1, 1)
     alpha = np.full(n_f, rest)
@@ -51,8 +55,9 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
            "stand_in": tier == "offline", "layer": layer,
            "n_channels": n_f if n_channels is None else n_channels, "n_f": n_f,
            "aggregation": aggregation, "k": float(k), "param": param, "seed": seed,
-           "n_p": n_p, "transforms": "none", "prior": "none", "prior_weight": 0.0,
-           **Robust().record(False, None)}
+           "n_p": n_p, "transforms": transforms, "prior": prior,
+           "prior_weight": 0.1 if prior != "none" else 0.0,
+           **Robust().record(robust and transforms != "none", None)}
     samples = {
         "sample": sample, "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
         "finite": np.ones(n, dtype=bool),
@@ -80,7 +85,9 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
         "prediction": [eye[i % n_f] for i in sample],
     } for dim, center in spaces.items()]
     for sp in per_space:  # no transforms and no prior: the robust solver is plain Grad-IFV
-        sp.update(angle_robust=sp["angle_pred"], ssim_robust=sp["ssim_pred"],
+        rob = sp["angle_pred"] if angle_robust is None else \
+            _spread(angle_robust, n, spread).clip(0.0, 90.0)
+        sp.update(angle_robust=rob, ssim_robust=sp["ssim_pred"],
                   prediction_robust=sp["prediction"], residual_robust=np.full(n, 1e-3),
                   converged_robust=np.ones(n, dtype=bool),
                   prior_weight_robust=np.full(n, np.nan))
@@ -135,4 +142,35 @@ def write_run(path: PathLike, df: pd.DataFrame | None, *,
     df.to_parquet(run / "results.parquet", index=False)
     if mtime is not None:
         os.utime(run / "results.parquet", (mtime, mtime))
+    return run
+
+
+def write_comparison(path: PathLike, name: str, *, canonical: int = 8,
+                     recovered: float | None = 1.0, confident: float = 0.75,
+                     agreement: float = 1.0, k: float = 2.0,
+                     mtime: float | None = None) -> Path:
+    """A folder as ``ifv compare`` leaves it: summary.json with the headline numbers
+    (``recovered`` None: no planted truth), a compare.parquet and a correspondence.png."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    run = Path(path)
+    run.mkdir(parents=True, exist_ok=True)
+    summary = {"settings": {"name": name, "k": k, "planted": "permuted" if recovered
+                            is not None else None,
+                            "a": {"model": "densenet_patterns", "layer": "dense3"},
+                            "b": {"model": "densenet_patterns", "layer": "dense3"}},
+               "objectives": canonical, "canonical": canonical, "confident": confident,
+               "agreement": agreement, "median_baseline_corr": 0.9}
+    if recovered is not None:
+        summary.update(recovered=recovered, baseline_recovered=1.0, median_angle_truth=7.5)
+    pd.DataFrame({"objective": np.arange(canonical)}).to_parquet(run / "compare.parquet")
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.imshow(np.eye(canonical))
+    fig.savefig(run / "correspondence.png")
+    plt.close(fig)
+    (run / "summary.json").write_text(json.dumps(summary))
+    if mtime is not None:
+        os.utime(run / "summary.json", (mtime, mtime))
     return run

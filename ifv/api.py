@@ -247,8 +247,8 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
         y, gram = response_and_gram(bound.response, v.to(bound.like()), method=method,
                                     progress=progress)
         if bound.robust:
-            x_pred, residual = _invert_robust(bound, v.to(bound.like()), basis, rb, fv, seed)
-            next_residual = torch.full_like(residual, math.nan)
+            x_pred, residual, next_residual = _invert_robust(bound, v.to(bound.like()), basis,
+                                                             rb, fv, seed)
     if not bound.robust:
         x_pred, _ = solve(y, gram, s.k, basis)
         residual = relative_residual(x_pred, y, gram, s.k)
@@ -272,19 +272,21 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
 
 
 def _invert_robust(bound: Any, v: Tensor, basis: Tensor, rb: Robust, fv: FVSettings | None,
-                   seed: int) -> tuple[Tensor, Tensor]:
-    """The robust solver's x* (B, n_f) and residual (B,) for realizations v made under the
-    bound setting's transforms and prior, ``rb.batch_size`` at a time."""
+                   seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The robust solver's x* (B, n_f), residual and runner-up's residual (B,) for
+    realizations v made under the bound setting's transforms and prior, ``rb.batch_size``
+    at a time."""
     s = bound.setting
     responses, prior = bound.robust_inputs(rb, fv, seed)
-    xs, res = [], []
+    xs, res, nxt = [], [], []
     for start in range(0, len(v), rb.batch_size):
         q = quantities(responses, v[start:start + rb.batch_size], prior=prior, cross=s.k > 0)
         sol = solve_quantities(q, s.k, basis.double(), tol=rb.tol, max_iter=rb.max_iter,
                                estimator=rb.estimator)
         xs.append(sol.x)
         res.append(sol.residual)
-    return torch.cat(xs), torch.cat(res)
+        nxt.append(sol.next_residual)
+    return torch.cat(xs), torch.cat(res), torch.cat(nxt)
 
 
 def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",

@@ -330,6 +330,8 @@ fv.*, seed=, device=); B is A's network with a planted relation or a model of it
   compare.pairs         matched pairs shown with B's own FV; compare.max_residual,
   compare.max_ratio,    compare.min_share: the confidence thresholds;
   compare.out=DIR       the output folder (default outputs/compare/NAME/TIME)
+  transforms=, prior=   robust FV on A (ifv run's keys); B is inverted by the robust
+                        solver under the same ones (inversion.*)
 Writes compare.parquet, summary.json, correspondence.png, pairs.png (docs/compare.md).
 """
 
@@ -367,7 +369,8 @@ def cmd_compare(args: list[str]) -> int:
         b = Setting.make(c.b_model or cfg.model.name, c.b_layer or cfg.layer, features,
                          cfg.aggregation.name, cfg.k, _plain(cfg.param), weights=c.b_weights,
                          cache_dir=cfg.model.cache_dir, train=_plain(c.b_train),
-                         device=cfg.device, tf32=cfg.tf32)
+                         device=cfg.device, tf32=cfg.tf32, transforms=a.transforms,
+                         prior=a.prior)
     out = Path(c.out or f"outputs/compare/{c.name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     check_writable(out, "compare.out")
     cache = StageCache(cfg.stage_cache).root
@@ -377,7 +380,8 @@ def cmd_compare(args: list[str]) -> int:
                    n_images=c.n_images, pairs=c.pairs, seed=exp.seed,
                    max_residual=c.max_residual, max_ratio=c.max_ratio, min_share=c.min_share,
                    method=exp.jacobian_method, max_bytes=exp.jacobian_max_bytes, cache=cache,
-                   progress=cfg.progress)
+                   progress=cfg.progress, robust=exp.robust)
+    comp.settings["name"] = c.name  # what `make collect` files the comparison under
     paths = write(comp, out)
     print(report(comp.summary()))
     print(f"wrote {', '.join(str(p) for p in paths)}")

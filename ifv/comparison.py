@@ -69,7 +69,7 @@ from ifv.inverse import solve, unit, z_k, z_k_inv
 from ifv.jacobian import METHODS, response_and_gram
 from ifv.metrics import angular_distance, relative_residual
 from ifv.sampling import canonical, sample_targets
-from ifv.setting import Bound, Setting, choice, count, number
+from ifv.setting import Bound, Robust, Setting, choice, count, describe_transforms, number
 from ifv.store import StageCache
 
 PLANTED = ("permuted", "rescaled")
@@ -547,7 +547,7 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
             n_images: int = 256, pairs: int = 16, seed: int = 0, max_residual: float = 0.1,
             min_share: float = 0.5, max_ratio: float = 0.5, method: str = "auto",
             max_bytes: int = 1 << 30, cache: str | Path | None = None, progress: bool = True,
-            log: Log = print) -> Comparison:
+            robust: Robust | None = None, log: Log = print) -> Comparison:
     """Compare network A with network B through FV on A and Grad-IFV on B (module docs).
 
     ``a``: A's setting (``ifv.Setting.make``: model, layer, features, aggregation, k, P);
@@ -563,7 +563,10 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
     optimum of B; ``max_ratio``: a row's residual on B above max_ratio times the runner-up's
     flags x_B as not determined (the realization fits other objectives of B about as well);
     ``min_share``: a confident pair's least weight share. ``cache``: a stage
-    cache folder for FV (None: none).
+    cache folder for FV (None: none). With A's ``transforms`` or ``prior`` (robust FV,
+    docs/robust-ifv.md) FV on A runs under them and the robust solver inverts on A and on B
+    with the options ``robust`` (default ``Robust()``; B's setting must name the same
+    transforms and prior, a planted B gets A's).
     """
     if planted is not None:
         choice("compare.planted", planted, PLANTED)
@@ -580,26 +583,24 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
     choice("jacobian.method", method, METHODS)
     if a.size is None:
         raise UserError("A given as an nn.Module needs size=(H, W) (ifv.Setting.make)")
-    for s in (a, b):
-        robust = s is not None and (getattr(s, "transforms", "none") != "none"
-                                    or getattr(s, "prior", {}).get("name", "none") != "none")
-        if robust:
-            raise UserError("compare runs plain FV for now: drop transforms= and prior= "
-                            "(docs/compare.md)")
+    if b is not None and (b.transforms != a.transforms or b.prior != a.prior):
+        raise UserError("B inverts A's realizations: give B A's transforms and prior, got "
+                        f"{describe_transforms(b.transforms)!r} and {b.prior['name']!r} for "
+                        f"{describe_transforms(a.transforms)!r} and {a.prior['name']!r}")
     if b is not None and (b.size != a.size or b.param != a.param):
         raise UserError(f"B must take A's inputs: size {a.size} and P {a.param}, got size "
                         f"{b.size} and P {b.param}")
     with float32_precision(a.tf32):
         return _compare(a, b, planted, scale, objectives, n_random, fv or FVSettings(), images,
                         n_images, pairs, seed, (max_residual, max_ratio, min_share), method,
-                        max_bytes, cache, progress, log)
+                        max_bytes, cache, progress, robust or Robust(), log)
 
 
 def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
              objectives: int | str, n_random: int, fv: FVSettings,
              images: Source | Sequence[Source] | None, n_images: int, pairs: int, seed: int,
              limits: tuple[float, float, float], method: str, max_bytes: int,
-             cache: str | Path | None, progress: bool, log: Log) -> Comparison:
+             cache: str | Path | None, progress: bool, rb: Robust, log: Log) -> Comparison:
     bound_a = a.bind(progress=progress, log=log)
     n_a = bound_a.n_f
     rows = _objective_rows(objectives, n_a)
@@ -613,14 +614,17 @@ def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
         net_b = planted_copy(bound_a.network, a.layer, perm, scales)
         feats_b = sorted(int(perm[c]) for c in bound_a.features)
         b = Setting.make(net_b, a.layer, feats_b, a.aggregation, a.k, a.param, size=a.size,
-                         tf32=a.tf32)
+                         tf32=a.tf32, transforms=a.transforms, prior=a.prior)
     assert b is not None
     bound_b = b.bind(progress=progress, log=log)
     n_b = bound_b.n_f
     name_b = f"{a.model_name} ({planted})" if planted else _label(b)
+    robust = bound_a.robust
     log(f"compare: A = {_label(a)}.{a.layer} ({n_a} features), B = {name_b}.{b.layer} "
         f"({n_b} features); {len(rows)} canonical + {n_random} sampled objectives, "
-        f"{a.aggregation}, k={a.k:g}, P_{a.param['name']}, on {bound_a.device}")
+        f"{a.aggregation}, k={a.k:g}, P_{a.param['name']}, on {bound_a.device}"
+        + (f"; robust FV: transforms {describe_transforms(a.transforms)}, prior "
+           f"{a.prior['name']}" if robust else ""))
 
     x_rand, _ = sample_targets(n_random, 0, n_a, seed)
     targets = torch.cat([canonical(rows, n_a), x_rand])
@@ -631,18 +635,8 @@ def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
 
     v = _realize(bound_a, targets, fv, seed, cache, progress, log, "FV on A",
                  {"targets": [rows, n_random, seed]})
-    y_a, g_a = response_and_gram(bound_a.response, v, method=method, max_bytes=max_bytes,
-                                 progress=progress)
-    x_a, _ = solve(y_a, g_a, a.k)
-    res_a = relative_residual(x_a, y_a, g_a, a.k)
-    y_b, g_b = response_and_gram(bound_b.response, v, method=method, max_bytes=max_bytes,
-                                 progress=progress)
-    from ifv.api import _next_residual
-    from ifv.inverse import full_space
-
-    x_b, _ = solve(y_b, g_b, b.k)
-    res_b = relative_residual(x_b, y_b, g_b, b.k)
-    next_b = _next_residual(y_b, g_b, b.k, full_space(n_b, y_b.device))
+    y_a, x_a, res_a, _ = _invert(bound_a, v, method, max_bytes, progress, rb, fv, seed)
+    y_b, x_b, res_b, next_b = _invert(bound_b, v, method, max_bytes, progress, rb, fv, seed)
     y_a, x_a, res_a, y_b, x_b, res_b, next_b = to((y_a, x_a, res_a, y_b, x_b, res_b, next_b),
                                                   "cpu")
     max_residual, max_ratio, min_share = limits
@@ -695,6 +689,10 @@ def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
         "planted": planted, "scale": scale if planted == "rescaled" else None,
         "aggregation": a.aggregation, "k": a.k, "param": a.param,
         "objectives": objectives, "n_random": n_random, "fv": asdict(fv), "seed": seed,
+        "transforms": describe_transforms(a.transforms), "prior": a.prior,
+        "inversion": ({key.removeprefix("inversion_"): value for key, value
+                       in rb.record(bound_a.transform is not None, fv).items()}
+                      if robust else None),
         "baseline_images": "patterns" if images is None else "given",
         "n_baseline_images": len(pics), "max_residual": max_residual, "max_ratio": max_ratio,
         "min_share": min_share,
@@ -742,6 +740,30 @@ def _pair_rows(comp: Comparison, pairs: int) -> list[int]:
     return [rows[int(round(float(i)))] for i in np.linspace(0, len(rows) - 1, pairs)]
 
 
+def _invert(bound: Bound, v: Tensor, method: str, max_bytes: int, progress: bool,
+            rb: Robust, fv: FVSettings, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y, x*, its residual and the runner-up's for realizations v on ``bound``: plain
+    Grad-IFV (Opt. (3), relative residuals), or where ``bound`` is robust FV the robust
+    solver (``ifv.api`` with ``rb`` and FV's ``fv`` and ``seed``; relative stationarity)."""
+    from ifv.api import _invert_robust, _next_residual
+    from ifv.inverse import full_space
+
+    y, g = response_and_gram(bound.response, v, method=method, max_bytes=max_bytes,
+                             progress=progress)
+    basis = full_space(bound.n_f, y.device)
+    if bound.robust:
+        x, res, nxt = _invert_robust(bound, v, basis, rb, fv, seed)
+        return y, x, res, nxt
+    x, _ = solve(y, g, bound.setting.k)
+    return (y, x, relative_residual(x, y, g, bound.setting.k),
+            _next_residual(y, g, bound.setting.k, basis))
+
+
+def _plain_steps(spec: Any) -> Any:
+    """A transforms spec as JSON-able data (a preset name, or lists of custom steps)."""
+    return spec if isinstance(spec, str) else [list(step) for step in spec]
+
+
 def _realize(bound: Bound, targets: Tensor, fv: FVSettings, seed: int,
              cache: str | Path | None, progress: bool, log: Log, desc: str,
              key: dict[str, Any]) -> Tensor:
@@ -751,13 +773,16 @@ def _realize(bound: Bound, targets: Tensor, fv: FVSettings, seed: int,
 
     def compute(parts: Any = None) -> dict[str, Any]:
         r = realize(bound.response, targets.to(bound.like()), s.k, fv, init=bound.init,
-                    seed=seed, progress=progress, desc=desc, store=parts)
+                    seed=seed, progress=progress, desc=desc, store=parts,
+                    transform=bound.transform, prior=bound.prior)
         return {"v": r.v}
 
     if cache is None or s.spec is None:
         return compute()["v"]
     full = {"model": s.model_key(), "layer": s.layer, "features": bound.features,
             "aggregation": s.aggregation, "k": s.k, "param": s.param, "fv": asdict(fv),
+            **({"transforms": _plain_steps(s.transforms), "prior": s.prior}
+               if bound.robust else {}),
             "seed": seed, "device": bound.device.type,
             "precision": precision_key(bound.device, s.tf32), **key}
     out = StageCache(cache, log).get_or_compute("compare_fv", STAGE_VERSION, full, compute)

@@ -11,6 +11,7 @@ of ``results.parquet`` (``ifv.results``).
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -651,6 +652,47 @@ def correspondence_panels(fig: Canvas, weights: np.ndarray, corr: np.ndarray,
                    label="Pearson correlation",
                    title="baseline (Li et al. 2015): activation correlation "
                          "(squares: baseline matching, circles: IFV)")
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # wrapped to the figure's width (about 0.075 inches per character at 9 pt)
+        width = fig.get_size_inches()[0] if isinstance(fig, Figure) else \
+            fig.figure.get_size_inches()[0]
+        fig.suptitle(textwrap.fill(title, max(40, int(width / 0.075))), fontsize=9)
     return [left, right]
+
+
+GROUP_BAR_CELL = 0.28  # inches per bar of ``grouped_bars``
+
+
+def grouped_bars_size(n_groups: int, n_series: int) -> Size:
+    """The natural size of ``grouped_bars``."""
+    return max(4.5, 1.4 + n_groups * (n_series + 1) * GROUP_BAR_CELL), 3.6
+
+
+def grouped_bars(ax: Axes, values: np.ndarray, groups: Sequence[str], series: Sequence[str],
+                 *, ylabel: str = "", ylim: tuple[float, float] | None = None,
+                 fmt: str = "{:.0f}", line: tuple[float, str] | None = None,
+                 colors: Sequence[str] = GROUP_COLORS) -> None:
+    """Bars of ``values[g, s]``, one cluster per group (x axis) and one colour per series,
+    each bar labelled with ``fmt`` (NaN: no bar, "-"); ``line`` (y, label): a dashed
+    reference line. values: (n_groups, n_series)."""
+    values = np.asarray(values, dtype=np.float64)
+    n_g, n_s = values.shape
+    width = 0.8 / max(n_s, 1)
+    x = np.arange(n_g)
+    for s in range(n_s):
+        pos = x - 0.4 + width * (s + 0.5)
+        v = values[:, s]
+        ax.bar(pos, np.nan_to_num(v, nan=0.0), width, label=series[s],
+               color=colors[s % len(colors)])
+        for p, val in zip(pos, v, strict=True):
+            text = "-" if np.isnan(val) else fmt.format(val)
+            ax.text(p, 0.0 if np.isnan(val) else val, text, ha="center", va="bottom",
+                    fontsize=6)
+    if line is not None:
+        ax.axhline(line[0], color="green", lw=0.8, ls="--", label=line[1])
+    ax.set_xticks(x, list(groups), rotation=20 if n_g > 3 else 0,
+                  ha="right" if n_g > 3 else "center", fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=6, ncol=min(n_s + (line is not None), 3), loc="upper right",
+              frameon=False)

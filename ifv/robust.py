@@ -133,22 +133,24 @@ def solve_mean(y: Tensor, gram_mean: Tensor, basis: Tensor | None = None
     return solve(y, gram_mean, 0.0, basis)
 
 
-def _smallest(m: Tensor, u: Tensor, y_ref: Tensor) -> Tensor:
+def _smallest(m: Tensor, u: Tensor, y_ref: Tensor) -> tuple[Tensor, Tensor]:
     """x = U sigma, sigma the eigenvector of the smallest eigenvalue of U^T M U, signed so
-    that x^T y_ref >= 0. m: (B, n_f, n_f); u: (B, n_f, d) -> (B, n_f)."""
-    _, vecs = torch.linalg.eigh(symmetric(u.transpose(-1, -2) @ m @ u))
+    that x^T y_ref >= 0, and the eigenvalues (ascending). m: (B, n_f, n_f); u: (B, n_f, d)
+    -> (B, n_f), (B, d)."""
+    evals, vecs = torch.linalg.eigh(symmetric(u.transpose(-1, -2) @ m @ u))
     x = unit((u @ vecs[..., :1]).squeeze(-1))
     sign = torch.where((x * y_ref).sum(-1) < 0, -1.0, 1.0).to(x)
-    return x * sign.unsqueeze(-1)
+    return x * sign.unsqueeze(-1), evals
 
 
 def _smallest_ratio(m: Tensor, bm: Tensor, u: Tensor, y_ref: Tensor,
-                    eps: float = 1e-10) -> Tensor:
+                    eps: float = 1e-10) -> tuple[Tensor, Tensor]:
     """x = U sigma, sigma minimizing the generalized Rayleigh quotient
     sigma^T U^T M U sigma / sigma^T U^T B U sigma (the relative stationarity), signed so that
-    x^T y_ref >= 0. B is regularized by ``eps`` times its mean eigenvalue, so that directions
-    with no gradient under any transform (trivial solutions, Sec. 2.2) have quotient 0, as in
-    Opt. (3). m, bm: (B, n_f, n_f); u: (B, n_f, d) -> (B, n_f)."""
+    x^T y_ref >= 0, and the generalized eigenvalues (ascending: the squared stationarity of
+    x, of the runner-up, ...). B is regularized by ``eps`` times its mean eigenvalue, so that
+    directions with no gradient under any transform (trivial solutions, Sec. 2.2) have
+    quotient 0, as in Opt. (3). m, bm: (B, n_f, n_f); u: (B, n_f, d) -> (B, n_f), (B, d)."""
     ut = u.transpose(-1, -2)
     a = symmetric(ut @ m @ u)
     bb = symmetric(ut @ bm @ u)
@@ -158,11 +160,22 @@ def _smallest_ratio(m: Tensor, bm: Tensor, u: Tensor, y_ref: Tensor,
     chol = torch.linalg.cholesky(bb + eps * scale[..., None, None] * eye)
     half = torch.linalg.solve_triangular(chol, a, upper=False)  # L^-1 A
     c = symmetric(torch.linalg.solve_triangular(chol, half.transpose(-1, -2), upper=False))
-    _, vecs = torch.linalg.eigh(c)
+    evals, vecs = torch.linalg.eigh(c)
     sigma = torch.linalg.solve_triangular(chol.transpose(-1, -2), vecs[..., :1], upper=True)
     x = unit((u @ sigma).squeeze(-1))
     sign = torch.where((x * y_ref).sum(-1) < 0, -1.0, 1.0).to(x)
-    return x * sign.unsqueeze(-1)
+    return x * sign.unsqueeze(-1), evals
+
+
+def _runner_up(evals: Tensor, top: Tensor | None = None) -> Tensor:
+    """The runner-up's residual from ascending eigenvalues (B, d): sqrt(lambda_2), or
+    sqrt(lambda_2 / top) with ``top`` (B,) (the relative residual's normalization); NaN
+    where d < 2."""
+    if evals.shape[-1] < 2:
+        return torch.full(evals.shape[:-1], float("nan"), dtype=evals.dtype,
+                          device=evals.device)
+    second = evals[..., 1].clamp_min(0.0)
+    return torch.sqrt(second if top is None else second / top.clamp_min(0.0))
 
 
 def stationarity(x: Tensor, m: Tensor, bm: Tensor) -> Tensor:
@@ -198,7 +211,10 @@ class Solution:
     ||x_raw^T A - lambda grad R^T|| / (lambda ||grad R||); iterations (B,) eigen or linear
     solves used; converged (B,) whether the weights settled within tol; scale (B,)
     with a known weight: ||x_raw||, the norm of the least-squares solution (1 for a unit
-    target and the right weight), else NaN."""
+    target and the right weight), else NaN; next_residual (B,): the runner-up's residual
+    at the final weights (the second eigenvector's, as ``ifv invert`` reports for plain
+    Grad-IFV; NaN with a known weight): x is well determined where residual lies far below
+    it."""
 
     x: Tensor
     weights: Tensor
@@ -206,6 +222,7 @@ class Solution:
     iterations: Tensor
     converged: Tensor
     scale: Tensor
+    next_residual: Tensor
 
 
 def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None = None, *,
@@ -252,21 +269,23 @@ def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None 
 
     nan = torch.full((b,), float("nan"), dtype=torch.float64, device=ys.device)
 
-    def step(c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x, its raw least-squares norm (NaN unless the weight is known), residual."""
+    def step(c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x, its raw least-squares norm (NaN unless the weight is known), residual, the
+        runner-up's residual."""
         m = weighted_gram(ys, cross, c, k)
         if not known:
             if prior is not None:
                 m = project_prior(m, weighted_prior(ys, prior, c, k))
             if ratio:
                 bm = second_gram(ys, cross, c, k, prior)
-                x = _smallest_ratio(m, bm, u, y_ref)
-                return x, nan, stationarity(x, m, bm)
-            x = _smallest(m, u, y_ref)
-            return x, nan, relative_residual(x, m)
+                x, evals = _smallest_ratio(m, bm, u, y_ref)
+                return x, nan, stationarity(x, m, bm), _runner_up(evals)
+            x, evals = _smallest(m, u, y_ref)
+            return x, nan, relative_residual(x, m), _runner_up(
+                evals, torch.linalg.eigvalsh(symmetric(m))[..., -1])
         a = weighted_prior(ys, prior, c, k)
         raw = _least_squares(m, u, rhs_norm.unsqueeze(-1) * a, rtol)
-        return unit(raw), raw.norm(dim=-1), _fit_residual(raw, m, a, rhs_norm)
+        return unit(raw), raw.norm(dim=-1), _fit_residual(raw, m, a, rhs_norm), nan
 
     def relative(c: Tensor) -> Tensor:
         if known:  # the raw norm depends on the weights' scale
@@ -277,10 +296,11 @@ def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None 
     x = torch.zeros(b, n_f, dtype=torch.float64, device=ys.device)
     scale = nan.clone()
     res = torch.zeros_like(scale)
+    nxt = nan.clone()
     iters = torch.zeros(b, dtype=torch.long, device=ys.device)
     done = torch.zeros(b, dtype=torch.bool, device=ys.device)
     for it in range(1, max_iter + 1):
-        xi, si, ri = step(c)
+        xi, si, ri, ni = step(c)
         c_new = weights(xi, ys, k)
         old = relative(c)
         change = (relative(c_new) - old).norm(dim=-1) / old.norm(dim=-1)
@@ -288,13 +308,14 @@ def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None 
         x = torch.where(keep.unsqueeze(-1), xi, x)
         scale = torch.where(keep, si, scale)
         res = torch.where(keep, ri, res)
+        nxt = torch.where(keep, ni, nxt)
         iters = torch.where(keep, it, iters)
         c = torch.where(keep.unsqueeze(-1), (1.0 - damping) * c_new + damping * c, c)
         done = done | (change <= tol)
         if bool(done.all()):
             break
     return Solution(x=x, weights=weights(x, ys, k), residual=res, iterations=iters,
-                    converged=done, scale=scale)
+                    converged=done, scale=scale, next_residual=nxt)
 
 
 def solve_prior(y: Tensor, gram: Tensor, u: Tensor, k: float, basis: Tensor | None = None
@@ -508,19 +529,23 @@ def solve_quantities(q: Quantities, k: float, basis: Tensor | None = None, *,
             u = q.prior.double()
             g = project_prior(g, u.mean(1))
             second = symmetric(second - (u.unsqueeze(-1) * u.unsqueeze(-2)).mean(1))
+        u = substitution(y_ref, 0.0, basis if basis is not None else
+                         torch.eye(n_f, dtype=torch.float64, device=g.device))
         if estimator == "mean":
             x, _ = solve_mean(y_ref, g, basis)
             residual = relative_residual(x, g)
+            _, evals = _smallest(g, u, y_ref)
+            runner_up = _runner_up(evals, torch.linalg.eigvalsh(symmetric(g))[..., -1])
         else:
-            if basis is None:
-                basis = torch.eye(n_f, dtype=torch.float64, device=g.device)
-            x = _smallest_ratio(g, second, substitution(y_ref, 0.0, basis), y_ref)
+            x, evals = _smallest_ratio(g, second, u, y_ref)
             residual = stationarity(x, g, second)
+            runner_up = _runner_up(evals)
         ones = torch.ones(b, n_t, dtype=torch.float64, device=x.device)
         nan = torch.full((b,), float("nan"), dtype=torch.float64, device=x.device)
         return Solution(x=x, weights=ones, residual=residual,
                         iterations=torch.ones(b, dtype=torch.long, device=x.device),
-                        converged=torch.ones(b, dtype=torch.bool, device=x.device), scale=nan)
+                        converged=torch.ones(b, dtype=torch.bool, device=x.device), scale=nan,
+                        next_residual=runner_up)
     if q.cross is None:
         raise ValueError("k > 0 needs the cross-Grams (quantities(..., cross=True))")
     return solve_transformed(q.y, q.cross, k, basis, prior=q.prior, y_ref=y_ref, tol=tol,

@@ -55,12 +55,17 @@ def _umask() -> int:
 
 
 def check_writable(path: str | Path, what: str) -> None:
-    """Raise ``UserError`` unless files can be made in ``path`` (a folder, made if missing):
-    checked before any work, by writing a temporary file in it."""
+    """Raise ``UserError`` unless files can be made in ``path`` (a folder, or one that can be
+    made): checked before any work, by writing a temporary file in it or in its nearest
+    existing ancestor. Makes no folder, so that a run that fails later leaves none behind."""
     folder = Path(path).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
         raise UserError(f"cannot write {what} {folder}: {exc.strerror or exc}; choose a "

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import ifv
+from experiments.collect import comparison_name
 from ifv.cli import main
 from ifv.comparison import (
     agreement,
@@ -33,6 +34,7 @@ from ifv.metrics import angular_distance
 from ifv.models.densenet import DenseNetBC
 from ifv.models.googlenet import GoogLeNetFV
 from ifv.objective import tap
+from ifv.setting import Robust
 
 FAST = FVSettings(adam_steps=40, lbfgs_steps=40, batch_size=64)
 RANDOM = ["model.weights=random", "compare.objectives=2", "compare.pairs=0",
@@ -217,6 +219,32 @@ def test_planted_copy_is_recovered(planted: str, k: float, tmp_path: Path) -> No
     assert json.loads((tmp_path / "summary.json").read_text())["recovered"] == s["recovered"]
 
 
+@pytest.mark.parametrize(("planted", "k"), [("permuted", 2), ("rescaled", 0)])
+def test_robust_fv_planted_copy_is_exactly_equivariant(planted: str, k: float) -> None:
+    """Under transforms and a prior, FV on A and the robust solver on A and on B (with the
+    same draws): y_B,T = P D y_A,T for every transform T, so x_B = P x_A for a permutation
+    at any k and x_B ~ P D^{-1} x_A for k = 0 (the relation (*) holds exactly), whatever
+    FV's residual, and B's matching is A's own matching permuted."""
+    a = ifv.Setting.make(_tiny_densenet(), "dense3", "all", k=k, size=(16, 16),
+                         transforms="standard", prior="tv")
+    fv = FVSettings(adam_steps=30, lbfgs_steps=10, batch_size=64, transform_samples=3)
+    comp = ifv.compare(a, planted=planted, scale=2.0, fv=fv, pairs=0, n_images=16,
+                       robust=Robust(batch_size=16), progress=False, log=lambda _: None)
+    s = comp.summary()
+    assert float(angular_distance(comp.x_b, comp.expected).max()) < 1e-3
+    if planted == "permuted":  # Hungarian is equivariant too: B's matching is A's own
+        own = hungarian(comp.x_a.abs())
+        assert s["recovered"] == pytest.approx(float((own == comp.feature_a).double().mean()))
+    assert comp.settings["transforms"] == "standard" and comp.settings["prior"]["name"] == "tv"
+    assert comp.settings["inversion"] == {"samples": 3, "draws": "fv",
+                                          "estimator": "relative"}
+    # the robust solver, not plain Grad-IFV: B's residual is the relative stationarity
+    assert bool((comp.next_residual_b >= comp.residual_b).all())
+    plain = ifv.Setting.make(_tiny_densenet(), "dense3", "all", k=k, size=(16, 16))
+    with pytest.raises(UserError, match="give B A's transforms and prior"):
+        ifv.compare(a, plain)
+
+
 def test_compare_of_two_networks(tmp_path: Path) -> None:
     """B of its own (here: a differently initialized tiny DenseNet): no truth columns,
     residuals flag rows, the two matchings are compared."""
@@ -271,6 +299,9 @@ def test_cli_writes_the_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["compare.parquet", "correspondence.png",
                                                      "summary.json"]
+    # `make collect` files the run under the comparison's name, wherever compare.out is
+    assert json.loads((out / "summary.json").read_text())["settings"]["name"] == "dnde_permuted"
+    assert comparison_name(out / "summary.json") == "dnde_permuted"
     text = capsys.readouterr().out
     assert "agreement with the correlation baseline" in text and "planted: recovered" in text
 

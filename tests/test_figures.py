@@ -13,7 +13,8 @@ import pytest
 from matplotlib.image import imread
 
 from experiments import synthetic
-from experiments.collect import collect
+from experiments.beyond import comparison_table, robust_table
+from experiments.collect import collect, collect_comparisons
 from experiments.figures import build, sphere_hoyer
 from experiments.figures import main as figures_main
 from experiments.reference import CLAIMS, TABLE1, NotApplicable, hf_share, table1
@@ -55,6 +56,15 @@ def _write_runs(root: Path) -> None:
     synthetic.write_run(out / "exp22/r", synthetic.run_frame(
         "exp22", n=16, n_f=64, model="srnet_geometry", layer="block8",
         spaces={64: 2.0}, times=(10.0, 0.4, 0.01, 3.0)))
+    synthetic.write_run(out / "dnde_robust/r", synthetic.run_frame(
+        "dnde_robust", n=8, n_f=16, transforms="standard", spaces={16: 85.0},
+        angle_robust=8.0, angle_response=60.0))
+    # two runs of one comparison: the newer one (recovered 100%) is collected
+    synthetic.write_comparison(out / "compare/dnde_permuted/old", "dnde_permuted",
+                               recovered=0.5, mtime=1_000_000)
+    synthetic.write_comparison(out / "compare/dnde_permuted/new", "dnde_permuted")
+    synthetic.write_comparison(out / "compare/dnde_seeds/r", "dnde_seeds", recovered=None,
+                               confident=0.0, agreement=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +72,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("figs")
     _write_runs(root)
     collect([root / "outputs"], root / "results", log=lambda s: None)
+    collect_comparisons([root / "outputs"], root / "results", log=lambda s: None)
     lines: list[str] = []
     assert build(root / "results", root / "figures", log=lines.append)[1] == []
     assert report_main(["--results", str(root / "results"),
@@ -93,7 +104,8 @@ def test_figures_png_and_pdf(built: tuple[Path, list[str]]) -> None:
     # exp16 and exp17, Fig. S2 4 realizations of exp01 and their maps for 4 objectives
     images = {"fig4": 2 * 4, "figS2": 4 * (1 + 4)}
     for stem in ("fig2", "fig2a", "fig2b", "fig3", "fig4", "figS1", "figS2",
-                 "s4/exp01", "s4/exp02", "s4/exp06", "s4/exp16", "s4/exp17", "s4/exp22"):
+                 "s4/exp01", "s4/exp02", "s4/exp06", "s4/exp16", "s4/exp17", "s4/exp22",
+                 "robust", "compare"):
         _png(fig / f"{stem}.png")
         _pdf(fig / f"{stem}.pdf", images.get(stem, 0))
     # Fig. 2 has columns (a) and (b) only: wider than one column, narrower than three
@@ -121,7 +133,8 @@ def test_empty_results_build_only_fig_s1(tmp_path: Path,
     skipped = [ln for ln in out if ln.startswith("skipped")]
     assert [ln.split(":")[0] for ln in skipped] == [
         "skipped Fig. 2", "skipped Fig. 3", "skipped Fig. 4", "skipped Fig. S2",
-        "skipped Supp. S4 diagrams", "skipped Table 1"]
+        "skipped Supp. S4 diagrams", "skipped Table 1", "skipped robust FV",
+        "skipped network comparison"]
     assert sorted(p.name for p in tmp_path.glob("*.p*")) == ["figS1.pdf", "figS1.png"]
 
 
@@ -223,6 +236,7 @@ def test_report_file(built: tuple[Path, list[str]], tmp_path: Path) -> None:
     assert by_claim["DNcl: Grad-IFV performs well in the best space"] == NO
     assert "stand-in" in text and "quick profile" in text
     assert "[fig2.png](fig2.png)" in text and "[s4/exp02.png](s4/exp02.png)" in text
+    assert "[robust.png](robust.png)" in text and "[compare.png](compare.png)" in text
     # without any results every claim is "not run", and the report still gets written
     assert report_main(["--results", str(tmp_path / "none"),
                         "--out", str(tmp_path / "R.md")]) == 0
@@ -284,3 +298,40 @@ def test_gn4c_onset_brackets_96(tmp_path: Path, centers: dict[int, float], onset
     collect([tmp_path / "out"], tmp_path / "results", log=lambda s: None)
     rows = {r.claim.key: r for r in evaluate(Results(tmp_path / "results"))}
     assert rows["k0.gn4c_onset"].ours == onset and rows["k0.gn4c_onset"].status == status
+
+
+def test_beyond_the_paper_tables_and_sections(built: tuple[Path, list[str]]) -> None:
+    """The robust experiment's planted medians and the newest comparison's shares reach
+    REPORT.md's sections beyond the paper; the heat maps are copied beside it."""
+    root, _ = built
+    res = Results(root / "results")
+    rob = robust_table(res)
+    assert list(rob["experiment"]) == ["dnde_robust"]
+    r = rob.iloc[0]
+    assert (r["angle_pred"], r["angle_robust"], r["angle_response"]) == \
+        pytest.approx((85.0, 8.0, 60.0))
+    assert r["transforms"] == "standard" and r["samples"] == 8
+    comp = comparison_table(res)
+    assert list(comp["comparison"]) == ["dnde_permuted", "dnde_seeds"]
+    assert comp["recovered"].iloc[0] == 1.0  # the newer run, not the old 50%
+    assert math.isnan(comp["recovered"].iloc[1])
+    text = (root / "figures/REPORT.md").read_text()
+    beyond = text[text.index("## Beyond the paper: robust FV"):text.index("## Figures")]
+    row = next(ln for ln in beyond.splitlines() if ln.startswith("| dnde_robust |"))
+    assert "| 85.0 | 8.0 | 60.0 |" in row and "standard" in row
+    seeds = next(ln for ln in beyond.splitlines() if ln.startswith("| dnde_seeds |"))
+    assert "| - | - | 0% | 25% |" in seeds
+    assert "gn4c_robust" not in beyond  # only what was collected
+    for name in ("dnde_permuted", "dnde_seeds"):
+        assert (root / f"figures/compare/{name}.correspondence.png").is_file()
+        assert f"compare/{name}.correspondence.png" in beyond
+
+
+def test_beyond_sections_say_not_run(tmp_path: Path) -> None:
+    assert report_main(["--results", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "R.md")]) == 0
+    text = (tmp_path / "R.md").read_text()
+    assert "Not run (dnde_robust, dnde_robust_tv" in text
+    assert "Not run (dnde_permuted" in text
+    with pytest.raises(NotRun):
+        robust_table(Results(tmp_path / "none"))

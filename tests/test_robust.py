@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ifv import transform as T
+from ifv.api import _next_residual
 from ifv.inverse import solve, substitution, unit, z_k
 from ifv.metrics import angular_distance, relative_residual
 from ifv.objective import Response
@@ -126,6 +128,10 @@ def test_single_transform_is_inverse_solve(k: int) -> None:
         assert s.iterations.tolist() == [1, 1, 1]
         if c is None:
             assert torch.allclose(s.residual, relative_residual(x, y, gr, k), atol=1e-10)
+        # the runner-up's residual is plain Grad-IFV's (``ifv invert``'s next_residual)
+        assert torch.allclose(s.next_residual, _next_residual(y, gr, k, c if c is not None
+                                                              else torch.eye(6, dtype=F64)),
+                              atol=1e-10)
 
 
 def test_k0_is_opt3_on_the_mean_jacobian() -> None:
@@ -201,11 +207,16 @@ def test_relative_estimator_is_the_generalized_eigenproblem() -> None:
     for i in range(2):
         a = (basis.T @ mean[i] @ mean[i].T @ basis).numpy()
         bb = (basis.T @ (dys[i] @ dys[i].transpose(-1, -2)).mean(0) @ basis).numpy()
-        _, vec = scipy_linalg.eigh(a, bb)
+        evals, vec = scipy_linalg.eigh(a, bb)
         ref = unit(basis @ torch.from_numpy(vec[:, 0]))
         assert float(angular_distance(s.x[i:i + 1], ref[None]).min()) < 1e-6 or \
             float(angular_distance(s.x[i:i + 1], -ref[None]).min()) < 1e-6
-    assert torch.allclose(solve_transformed(ys, cross, 0, basis).x, s.x, atol=1e-10)
+        # residual and runner-up: the square roots of the two smallest quotients
+        assert float(s.residual[i]) == pytest.approx(np.sqrt(evals[0]), rel=1e-6)
+        assert float(s.next_residual[i]) == pytest.approx(np.sqrt(evals[1]), rel=1e-6)
+    t = solve_transformed(ys, cross, 0, basis)
+    assert torch.allclose(t.x, s.x, atol=1e-10)
+    assert torch.allclose(t.next_residual, s.next_residual, atol=1e-10)
 
 
 def test_critical_basis_respected() -> None:

@@ -110,6 +110,9 @@ def test_invert_records_the_settings(small_cnn: nn.Module, tmp_path: Path,
                      progress=False)
     assert res.settings["prior"] == {"name": "blur", "weight": 2.0}
     assert res.x_pred.shape == (1, 4) and torch.isfinite(res.residual).all()
+    # the runner-up's residual is reported for robust inversions too
+    assert torch.isfinite(res.next_residual).all()
+    assert (res.next_residual >= res.residual - 1e-12).all()
 
 
 @pytest.mark.parametrize(("args", "expect"), [

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ifv.store import atomic_write, content_key
+from ifv.errors import UserError
+from ifv.store import atomic_write, check_writable, content_key
 
 
 def test_atomic_write_gives_the_permissions_open_would(tmp_path: Path) -> None:
@@ -54,3 +55,13 @@ def test_a_checked_entry_refuses_truncation_and_flipped_bits() -> None:
         flipped[i] ^= 1
         with pytest.raises(Damaged, match="checksum"):
             unpack(bytes(flipped))
+
+
+def test_check_writable_makes_no_folder(tmp_path: Path) -> None:
+    """The check before a run leaves nothing behind; a file in the way is one clear error."""
+    target = tmp_path / "outputs" / "run" / "time"
+    check_writable(target, "hydra.run.dir")
+    assert not (tmp_path / "outputs").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot write stage_cache .*is not a folder"):
+        check_writable(tmp_path / "file" / "sub", "stage_cache")
