@@ -102,6 +102,28 @@ def test_googlenet_copy_computes_the_same_function() -> None:
         planted_copy(net, "inception4b", perm4b, d4b)
 
 
+def test_googlenet_permuted_copy_is_exactly_equivariant() -> None:
+    """GoogLeNet's inception4c, 8 features across the four branches: B's Grad-IFV rows are
+    A's, permuted (x_B = P x_A to rounding), and B's matching is A's own matching permuted.
+    (A random GoogLeNet's realizations after a few FV steps do not determine their own
+    objectives well, so how many of A's rows point to e_i is left to the experiment
+    gn4c_permuted on the trained stand-in.)"""
+    torch.manual_seed(0)
+    net = _perturb_bn(GoogLeNetFV(10, activation="softplus", pool="avg",
+                                  preactivation=["inception4c"]))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    a = ifv.Setting.make(net, "inception4c", [0, 64, 128, 200, 300, 384, 400, 480], k=2,
+                         size=(32, 32))
+    comp = ifv.compare(a, planted="permuted", fv=FAST, pairs=0, n_images=16, progress=False,
+                       log=lambda _: None)
+    assert float(angular_distance(comp.x_b, comp.expected).max()) < 1e-6
+    own = hungarian(comp.x_a.abs())
+    assert comp.summary()["recovered"] == pytest.approx(
+        float((own == comp.feature_a).double().mean()))
+    assert comp.summary()["baseline_recovered"] == 1.0
+
+
 def test_planted_copy_refuses_what_it_cannot_do() -> None:
     net = DenseNetBC(depth=10, growth=4).eval()
     with pytest.raises(UserError, match="dense1, dense2, dense3"):

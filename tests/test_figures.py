@@ -327,6 +327,16 @@ def test_beyond_the_paper_tables_and_sections(built: tuple[Path, list[str]]) -> 
         assert f"compare/{name}.correspondence.png" in beyond
 
 
+def test_beyond_only(built: tuple[Path, list[str]], tmp_path: Path) -> None:
+    root, _ = built
+    out = tmp_path / "BEYOND.md"
+    assert report_main(["--results", str(root / "results"), "--out", str(out),
+                        "--beyond"]) == 0
+    text = out.read_text()
+    assert text.startswith("# Beyond the paper (Sec. 4)") and "| dnde_robust |" in text
+    assert "## Claims" not in text
+
+
 def test_beyond_sections_say_not_run(tmp_path: Path) -> None:
     assert report_main(["--results", str(tmp_path / "none"),
                         "--out", str(tmp_path / "R.md")]) == 0
