@@ -493,7 +493,7 @@ def comparisons(res: Results, out: Path, log: Log) -> list[Path]:
     labels = [f"{r.comparison}\nk={r.k:g}" for r in df.itertuples()]
     cell = Cell(grouped_bars_size(len(df), len(COMPARISON_SHARES)),
                 _axes_panel(grouped_bars, values, labels, [lb for _, lb in COMPARISON_SHARES],
-                            ylabel="% of A's canonical objectives", ylim=(0, 115)),
+                            ylabel="% of A's canonical objectives", ylim=(0, 105)),
                 "FV on A, Grad-IFV on B (ifv compare); '-': no ground truth")
     written = write_figure(layout([[cell]], title="Network comparison (Sec. 4)"),
                            out / "compare")

@@ -694,5 +694,5 @@ def grouped_bars(ax: Axes, values: np.ndarray, groups: Sequence[str], series: Se
     ax.set_ylabel(ylabel, fontsize=8)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.legend(fontsize=6, ncol=min(n_s + (line is not None), 3), loc="upper right",
-              frameon=False)
+    ax.legend(fontsize=6, ncol=min(n_s + (line is not None), 3), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0), frameon=False)
