@@ -207,7 +207,12 @@ def test_planted_copy_is_recovered(planted: str, k: float, tmp_path: Path) -> No
     partner, by Grad-IFV and by the baseline; the exact relation (*) holds up to FV's
     residual; k = 0 gives the scales back."""
     a = ifv.Setting.make(_tiny_densenet(), "dense3", "all", k=k, size=(16, 16))
-    comp = ifv.compare(a, planted=planted, scale=2.0, n_random=6, fv=FAST, pairs=2,
+    # the scale fit needs its 6 sampled objectives' realizations close to their optima:
+    # FAST leaves some far enough that the fit is off by 14% on one machine and 0.4% on
+    # another (summation order); 100 + 300 steps bring every fit below 0.1%
+    fv = FVSettings(adam_steps=100, lbfgs_steps=300, batch_size=64) \
+        if planted == "rescaled" and k == 0 else FAST
+    comp = ifv.compare(a, planted=planted, scale=2.0, n_random=6, fv=fv, pairs=2,
                        n_images=16, progress=False, log=lambda _: None)
     s = comp.summary()
     assert s["baseline_recovered"] == 1.0
@@ -223,10 +228,8 @@ def test_planted_copy_is_recovered(planted: str, k: float, tmp_path: Path) -> No
         can = comp.canonical
         assert s["confident"] >= 0.5 and bool((comp.match == comp.truth)[comp.confident].all())
         assert float(ang[can].median()) < 1.0 and s["median_angle_truth"] > 1.0
-    if planted == "rescaled" and k == 0:  # scales drawn in [1/2, 2]; FAST's few FV steps
-        # leave each fit off by about the realizations' residual, which varies with the
-        # thread count's summation order (median 1-3%, max 3-7% measured)
-        assert s["scale_error_median"] < 0.05 and s["scale_error_max"] < 0.1
+    if planted == "rescaled" and k == 0:  # scales drawn in [1/2, 2]; measured 0.02% / 0.07%
+        assert s["scale_error_median"] < 0.01 and s["scale_error_max"] < 0.05
     paths = write(comp, tmp_path)
     assert sorted(p.name for p in paths) == sorted(
         ["compare.parquet", "summary.json", "correspondence.png", "pairs.png"])
