@@ -178,6 +178,22 @@ def _runner_up(evals: Tensor, top: Tensor | None = None) -> Tensor:
     return torch.sqrt(second if top is None else second / top.clamp_min(0.0))
 
 
+def _mean_solution(m: Tensor, u: Tensor, y_ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Opt. (3) on M over Im U (estimator "mean"): x (``_smallest``), its relative residual
+    and the runner-up's. m: (B, n_f, n_f); u: (B, n_f, d) -> (B, n_f), (B,), (B,)."""
+    x, evals = _smallest(m, u, y_ref)
+    return x, relative_residual(x, m), _runner_up(
+        evals, torch.linalg.eigvalsh(symmetric(m))[..., -1])
+
+
+def _ratio_solution(m: Tensor, bm: Tensor, u: Tensor, y_ref: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """The relative estimator over Im U: x (``_smallest_ratio``), its relative stationarity
+    and the runner-up's. m, bm: (B, n_f, n_f); u: (B, n_f, d) -> (B, n_f), (B,), (B,)."""
+    x, evals = _smallest_ratio(m, bm, u, y_ref)
+    return x, stationarity(x, m, bm), _runner_up(evals)
+
+
 def stationarity(x: Tensor, m: Tensor, bm: Tensor) -> Tensor:
     """The relative stationarity sqrt(x^T M x / x^T B x) = ||mean_t g_t|| / rms_t ||g_t||
     of the per-transform gradients g_t (``weighted_gram`` M, ``second_gram`` B), in [0, 1]
@@ -277,12 +293,10 @@ def solve_transformed(ys: Tensor, cross: Tensor, k: float, basis: Tensor | None 
             if prior is not None:
                 m = project_prior(m, weighted_prior(ys, prior, c, k))
             if ratio:
-                bm = second_gram(ys, cross, c, k, prior)
-                x, evals = _smallest_ratio(m, bm, u, y_ref)
-                return x, nan, stationarity(x, m, bm), _runner_up(evals)
-            x, evals = _smallest(m, u, y_ref)
-            return x, nan, relative_residual(x, m), _runner_up(
-                evals, torch.linalg.eigvalsh(symmetric(m))[..., -1])
+                x, r, n = _ratio_solution(m, second_gram(ys, cross, c, k, prior), u, y_ref)
+            else:
+                x, r, n = _mean_solution(m, u, y_ref)
+            return x, nan, r, n
         a = weighted_prior(ys, prior, c, k)
         raw = _least_squares(m, u, rhs_norm.unsqueeze(-1) * a, rtol)
         return unit(raw), raw.norm(dim=-1), _fit_residual(raw, m, a, rhs_norm), nan
@@ -531,15 +545,10 @@ def solve_quantities(q: Quantities, k: float, basis: Tensor | None = None, *,
             second = symmetric(second - (u.unsqueeze(-1) * u.unsqueeze(-2)).mean(1))
         u = substitution(y_ref, 0.0, basis if basis is not None else
                          torch.eye(n_f, dtype=torch.float64, device=g.device))
-        if estimator == "mean":
-            x, _ = solve_mean(y_ref, g, basis)
-            residual = relative_residual(x, g)
-            _, evals = _smallest(g, u, y_ref)
-            runner_up = _runner_up(evals, torch.linalg.eigvalsh(symmetric(g))[..., -1])
+        if estimator == "mean":  # solve_mean's x: Z_0 = Id, so U^T G U is Opt. (3)'s matrix
+            x, residual, runner_up = _mean_solution(g, u, y_ref)
         else:
-            x, evals = _smallest_ratio(g, second, u, y_ref)
-            residual = stationarity(x, g, second)
-            runner_up = _runner_up(evals)
+            x, residual, runner_up = _ratio_solution(g, second, u, y_ref)
         ones = torch.ones(b, n_t, dtype=torch.float64, device=x.device)
         nan = torch.full((b,), float("nan"), dtype=torch.float64, device=x.device)
         return Solution(x=x, weights=ones, residual=residual,
