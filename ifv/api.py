@@ -261,8 +261,7 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
                 "critical": str(critical) if isinstance(critical, str | Path) else None,
                 "critical_dim": basis.shape[1],
                 "transforms": describe_transforms(s.transforms), "prior": s.prior,
-                "inversion": ({key.removeprefix("inversion_"): value for key, value
-                                in rb.record(bound.transform is not None, fv).items()}
+                "inversion": (rb.options(bound.transform is not None, fv)
                               | {"seed": rb.source(fv, seed)[2],
                                  "tol": rb.tol, "max_iter": rb.max_iter}
                               if bound.robust else None)}

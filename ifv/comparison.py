@@ -690,9 +690,7 @@ def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
         "aggregation": a.aggregation, "k": a.k, "param": a.param,
         "objectives": objectives, "n_random": n_random, "fv": asdict(fv), "seed": seed,
         "transforms": describe_transforms(a.transforms), "prior": a.prior,
-        "inversion": ({key.removeprefix("inversion_"): value for key, value
-                       in rb.record(bound_a.transform is not None, fv).items()}
-                      if robust else None),
+        "inversion": rb.options(bound_a.transform is not None, fv) if robust else None,
         "baseline_images": "patterns" if images is None else "given",
         "n_baseline_images": len(pics), "max_residual": max_residual, "max_ratio": max_ratio,
         "min_share": min_share,
@@ -759,11 +757,6 @@ def _invert(bound: Bound, v: Tensor, method: str, max_bytes: int, progress: bool
             _next_residual(y, g, bound.setting.k, basis))
 
 
-def _plain_steps(spec: Any) -> Any:
-    """A transforms spec as JSON-able data (a preset name, or lists of custom steps)."""
-    return spec if isinstance(spec, str) else [list(step) for step in spec]
-
-
 def _realize(bound: Bound, targets: Tensor, fv: FVSettings, seed: int,
              cache: str | Path | None, progress: bool, log: Log, desc: str,
              key: dict[str, Any]) -> Tensor:
@@ -781,7 +774,7 @@ def _realize(bound: Bound, targets: Tensor, fv: FVSettings, seed: int,
         return compute()["v"]
     full = {"model": s.model_key(), "layer": s.layer, "features": bound.features,
             "aggregation": s.aggregation, "k": s.k, "param": s.param, "fv": asdict(fv),
-            **({"transforms": _plain_steps(s.transforms), "prior": s.prior}
+            **({"transforms": describe_transforms(s.transforms), "prior": s.prior}
                if bound.robust else {}),
             "seed": seed, "device": bound.device.type,
             "precision": precision_key(bound.device, s.tf32), **key}

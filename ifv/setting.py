@@ -503,6 +503,12 @@ class Robust:
         return {"inversion_samples": n, "inversion_draws": draws,
                 "inversion_estimator": self.estimator}
 
+    def options(self, transformed: bool, fv: FVSettings | None) -> dict[str, Any]:
+        """``record`` without the column prefix (samples, draws, estimator): what the JSON
+        of ``ifv invert`` and the summary of ``ifv compare`` record under "inversion"."""
+        return {key.removeprefix("inversion_"): value
+                for key, value in self.record(transformed, fv).items()}
+
     def source(self, fv: FVSettings | None, seed: int) -> tuple[str, int, int]:
         """The transform draws used, as (draws, K, seed): ("fv", fv.transform_samples, the
         run's ``seed``) for FV's own draws, else ("sampled", samples, self.seed)."""
