@@ -33,7 +33,7 @@ figures: install         ## the paper's figures, Table 1 and figures/REPORT.md f
 
 EXPERIMENTS := $(shell seq -f 'exp%02g' 1 25)
 BEYOND      := dnde_robust dnde_robust_tv gn4c_robust gn4c_robust_tv
-COMPARISONS := dnde_permuted dnde_rescaled_k0 dnde_rescaled_k2 dnde_seeds gn4c_permuted gn4c_rescaled_k2
+COMPARISONS := dnde_permuted dnde_rescaled_k0 dnde_rescaled_k2 dnde_seeds gn4c_permuted gn4c_rescaled_k0 gn4c_rescaled_k2
 
 reproduce: install       ## the 25 experiments, the robust ones and the comparisons (profile=quick, offline tier), then figures/REPORT.md
 	@start=$$(date +%s); failed=""; \

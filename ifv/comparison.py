@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from ifv.device import float32_precision, precision_key, to
 from ifv.errors import UserError
-from ifv.fv import FVSettings, realize
+from ifv.fv import FVSettings, realize, settings_key
 from ifv.images import Source, load_images
 from ifv.inverse import solve, unit, z_k, z_k_inv
 from ifv.jacobian import METHODS, response_and_gram
@@ -773,7 +773,8 @@ def _realize(bound: Bound, targets: Tensor, fv: FVSettings, seed: int,
     if cache is None or s.spec is None:
         return compute()["v"]
     full = {"model": s.model_key(), "layer": s.layer, "features": bound.features,
-            "aggregation": s.aggregation, "k": s.k, "param": s.param, "fv": asdict(fv),
+            "aggregation": s.aggregation, "k": s.k, "param": s.param,
+            "fv": settings_key(fv, bound.transform is not None, bound.prior is not None),
             **({"transforms": describe_transforms(s.transforms), "prior": s.prior}
                if bound.robust else {}),
             "seed": seed, "device": bound.device.type,

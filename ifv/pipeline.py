@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import Tensor
 
 from ifv.critical import CriticalSpace, complement, critical_space, rho_search
 from ifv.device import float32_precision, precision_key, synchronize, to
-from ifv.fv import realize
+from ifv.fv import realize, settings_key
 from ifv.inverse import full_space, solve, unit
 from ifv.jacobian import response_and_gram
 from ifv.metrics import (
@@ -87,12 +86,10 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
         f"P_{s.param['name']}, {n} targets ({int(canonical.sum())} canonical), on {dev}")
     robust = bound.robust
     # robust FV's settings enter the keys only where set, so the bare case keeps its entries
-    fv_key = asdict(exp.fv)
+    fv_key = settings_key(exp.fv, bound.transform is not None, bound.prior is not None)
     robust_key: dict[str, Any] = {}
     if robust:
         robust_key = {"transforms": describe_transforms(s.transforms), "prior": s.prior}
-    else:
-        del fv_key["transform_samples"]
     real_key = {"model": model_key, "layer": s.layer, "features": features,
                 "aggregation": s.aggregation, "k": s.k, "param": s.param,
                 "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": fv_key,

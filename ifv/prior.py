@@ -21,10 +21,13 @@ from torch import Tensor
 
 PRIORS = ("none", "l2", "tv", "blur")
 TV_EPS = 1e-3
-# The weight lambda each prior gets unless one is given: about a tenth of S_x at a
+# The weight lambda each prior gets unless one is given: a tenth to a twentieth of S_x at a
 # realization of the DenseNet stand-in's dense3 (S_x ~ 2..8; R ~ 0.035 (l2), 0.24 (tv), 0.01
 # (blur) there), so that its gradient is comparable to the objective's away from the optimum.
-WEIGHTS = {"l2": 10.0, "tv": 2.0, "blur": 30.0}
+# TV's is the largest of 0.5, 1 and 2 at which FV (its weight ramped in, ``fv.prior_ramp``)
+# kept all of 8 canonical targets of dense3 from collapsing to a flat image
+# (docs/robust-ifv.md Sec. 9).
+WEIGHTS = {"l2": 10.0, "tv": 1.0, "blur": 30.0}
 
 
 def l2(images: Tensor) -> Tensor:

@@ -574,7 +574,8 @@ class Experiment:
         fv = fv_settings(cfg.fv)
         reopt = FVSettings(adam_steps=count("reopt.steps", r.steps),
                            adam_lr=number("reopt.lr", r.lr, strict=True), lbfgs_steps=0,
-                           batch_size=count("reopt.batch_size", r.batch_size, 1))
+                           batch_size=count("reopt.batch_size", r.batch_size, 1),
+                           prior_ramp=0.0)  # from a formed realization: the full weight
         c = cfg.critical
         rho = c.rho
         if rho is not None and not (number("critical.rho", rho) and 0 < rho < 1):
@@ -603,7 +604,8 @@ def fv_settings(f: Any) -> FVSettings:
                       history=count("fv.history", f.history, 1),
                       tol=number("fv.tol", f.tol),
                       batch_size=count("fv.batch_size", f.batch_size, 1),
-                      transform_samples=count("fv.transform_samples", f.transform_samples, 1))
+                      transform_samples=count("fv.transform_samples", f.transform_samples, 1),
+                      prior_ramp=number("fv.prior_ramp", f.prior_ramp))
 
 
 def _n_canonical(canonical: Any, n_total: int, n_f: int) -> int:

@@ -336,4 +336,4 @@ def test_list_names_the_comparisons(capsys: pytest.CaptureFixture[str]) -> None:
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("comparisons:")]
     assert line and all(n in line[0] for n in ("dnde_permuted", "dnde_rescaled_k0",
                                                 "dnde_rescaled_k2", "gn4c_permuted",
-                                                "dnde_seeds"))
+                                                "dnde_seeds", "gn4c_rescaled_k0"))

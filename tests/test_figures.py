@@ -58,7 +58,7 @@ def _write_runs(root: Path) -> None:
         spaces={64: 2.0}, times=(10.0, 0.4, 0.01, 3.0)))
     synthetic.write_run(out / "dnde_robust/r", synthetic.run_frame(
         "dnde_robust", n=8, n_f=16, transforms="standard", spaces={16: 85.0},
-        angle_robust=8.0, angle_response=60.0))
+        angle_robust=9.0, angle_response=60.0))
     # two runs of one comparison: the newer one (recovered 100%) is collected
     synthetic.write_comparison(out / "compare/dnde_permuted/old", "dnde_permuted",
                                recovered=0.5, mtime=1_000_000)
@@ -309,7 +309,9 @@ def test_beyond_the_paper_tables_and_sections(built: tuple[Path, list[str]]) -> 
     assert list(rob["experiment"]) == ["dnde_robust"]
     r = rob.iloc[0]
     assert (r["angle_pred"], r["angle_robust"], r["angle_response"]) == \
-        pytest.approx((85.0, 8.0, 60.0))
+        pytest.approx((85.0, 9.0, 60.0))
+    # robust angles 7..11 deg, evenly spaced over 8 rows: 6 of them within 10 deg
+    assert r["robust_within"] == pytest.approx(0.75)
     assert r["transforms"] == "standard" and r["samples"] == 8
     comp = comparison_table(res)
     assert list(comp["comparison"]) == ["dnde_permuted", "dnde_seeds"]
@@ -318,7 +320,7 @@ def test_beyond_the_paper_tables_and_sections(built: tuple[Path, list[str]]) -> 
     text = (root / "figures/REPORT.md").read_text()
     beyond = text[text.index("## Beyond the paper: robust FV"):text.index("## Figures")]
     row = next(ln for ln in beyond.splitlines() if ln.startswith("| dnde_robust |"))
-    assert "| 85.0 | 8.0 | 60.0 |" in row and "standard" in row
+    assert "| 85.0 | 9.0 | 60.0 | 80.0 | 75% |" in row and "standard" in row
     seeds = next(ln for ln in beyond.splitlines() if ln.startswith("| dnde_seeds |"))
     assert "| - | - | 0% | 25% |" in seeds
     assert "gn4c_robust" not in beyond  # only what was collected

@@ -14,7 +14,7 @@ from torch import nn
 import ifv
 from ifv.cli import main
 from ifv.errors import UserError
-from ifv.fv import FVSettings, lbfgs_draws, realize
+from ifv.fv import FVSettings, adam, lbfgs_draws, ramp, realize, settings_key
 from ifv.objective import Response
 from ifv.param import make_param
 from ifv.prior import PENALTIES, Prior
@@ -59,6 +59,35 @@ def test_transforms_are_deterministic_per_seed(small_cnn: nn.Module) -> None:
     assert not torch.allclose(runs[0].v, runs[2].v)
     bare = realize(response, x, 2, SETTINGS, init=_init, seed=3, progress=False)
     assert not torch.allclose(bare.v, runs[0].v)
+
+
+def test_the_prior_ramps_in_over_adams_steps(small_cnn: nn.Module) -> None:
+    """The ramp's factor is linear in the step up to 1, and Adam's first step under a ramp
+    with factor 1/1000 on a prior of weight 1000 is the first step under weight 1 unramped
+    (Adam's step is a function of the gradient alone)."""
+    assert [ramp(i, 4, 1.0) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [ramp(i, 4, 0.5) for i in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert ramp(0, 4, 0.0) == 1.0 and ramp(3, 4, 2.0) == 0.5
+    response, x = _response(small_cnn), _x()
+    v0 = _init(3, torch.Generator().manual_seed(0))
+    p = response.param
+    step = [adam(response, v0, x, 2, 1, 0.05, prior=Prior("tv", p, w), prior_ramp=r)
+            for w, r in ((1000.0, 1000.0), (1.0, 0.0), (1000.0, 0.0))]
+    assert torch.allclose(step[0], step[1], rtol=0, atol=1e-12)
+    assert not torch.allclose(step[1], step[2])
+    # L-BFGS follows the full weight: with no Adam steps the ramp changes nothing
+    runs = [realize(response, x, 2, FVSettings(adam_steps=0, lbfgs_steps=3, batch_size=3,
+                                               prior_ramp=share),
+                    v0=v0, progress=False, prior=Prior("tv", p, 0.5)) for share in (1.0, 0.0)]
+    assert torch.equal(runs[0].v, runs[1].v)
+
+
+def test_fv_cache_keys_name_only_what_shapes_the_realization() -> None:
+    s = FVSettings()
+    assert {"transform_samples", "prior_ramp"}.isdisjoint(settings_key(s, False, False))
+    assert settings_key(s, True, True)["prior_ramp"] == s.prior_ramp
+    assert "prior_ramp" not in settings_key(s, True, False)
+    assert "transform_samples" not in settings_key(s, False, True)
 
 
 def test_priors_are_per_sample_and_blur_stops_the_gradient() -> None:
@@ -129,6 +158,7 @@ def test_invert_records_the_settings(small_cnn: nn.Module, tmp_path: Path,
     (["transforms.steps=[{pad: 1}]"], "transforms.steps needs transforms=custom"),
     (["inversion.samples=0"], "inversion.samples must be an integer >= 1"),
     (["fv.transform_samples=0"], "fv.transform_samples must be an integer >= 1"),
+    (["prior=tv", "fv.prior_ramp=-1"], "fv.prior_ramp must be a finite number >= 0"),
     (["inversion.draws=mine"], "unknown inversion.draws 'mine'; valid: auto, fv, sampled"),
     (["inversion.estimator=best"], "unknown inversion.estimator 'best'; valid: relative, mean"),
 ])
