@@ -44,7 +44,7 @@ from ifv.store import atomic_write
 from ifv.transform import preset
 
 # a realization whose pixels' standard deviation is below this is flat: FV collapsed to the
-# prior (the measured collapses have 0.012 to 0.03, the others 0.13 to 0.31)
+# prior (the measured collapses have 0.002 to 0.03, the others 0.13 to 0.34)
 FLAT = 0.05
 
 
@@ -152,8 +152,8 @@ def main() -> None:
     ap.add_argument("--prior-weight", type=float, help="lambda (default: ifv.prior.WEIGHTS)")
     ap.add_argument("--prior-ramp", type=float, default=FVSettings.prior_ramp,
                     help="fv.prior_ramp of ifv's maker (0: the full weight from the start)")
-    ap.add_argument("--param", default="rgb", help="P: rgb, fft or ffte (Lucid's and "
-                    "Lucent's default, decorrelated FFT)")
+    ap.add_argument("--param", default="rgb", help="P: rgb, fft or ffte (the 1/f-scaled "
+                    "Fourier image of Lucid and Lucent)")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--maker", default="ifv", choices=["ifv", "adam", "lucent"])
     ap.add_argument("--adam", type=int, default=300)
