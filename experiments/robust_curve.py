@@ -73,10 +73,12 @@ def measure(a: argparse.Namespace) -> dict:
     x = x.float()
     if a.maker == "ifv":
         fv = FVSettings(adam_steps=a.adam, lbfgs_steps=a.lbfgs, batch_size=a.n,
-                        transform_samples=a.fv_samples, prior_ramp=a.prior_ramp)
+                        transform_samples=a.fv_samples, prior_ramp=a.prior_ramp,
+                        prior_delay=a.prior_delay)
         transform = b.transform
     else:  # another tool's loop: Adam at a fixed lr, a fresh transform each step
-        fv = FVSettings(adam_steps=a.adam, lbfgs_steps=0, batch_size=a.n, prior_ramp=0.0)
+        fv = FVSettings(adam_steps=a.adam, lbfgs_steps=0, batch_size=a.n, prior_ramp=0.0,
+                        prior_delay=0.0)
         transform = b.transform if a.maker == "adam" else preset("lucent", 32)
     r = realize(b.response, x, a.k, fv, init=b.init, seed=a.seed, progress=True,
                 transform=transform, prior=b.prior)
@@ -87,7 +89,8 @@ def measure(a: argparse.Namespace) -> dict:
     angle = lambda t: _median(angular_distance(x, t))  # noqa: E731
     flat = b.param.render(v).flatten(1).std(1) < FLAT
     out = {"k": a.k, "prior": a.prior, "prior_weight": s.prior["weight"],
-           "prior_ramp": fv.prior_ramp, "param": a.param, "maker": a.maker, "n": a.n,
+           "prior_ramp": fv.prior_ramp, "prior_delay": fv.prior_delay, "param": a.param,
+           "maker": a.maker, "n": a.n,
            "adam": a.adam, "flat": int(flat.sum()),
            "lbfgs": fv.lbfgs_steps, "fv_samples": a.fv_samples, "inv_seed": a.inv_seed,
            "plain": angle(plain), "response": angle(y),
@@ -151,7 +154,9 @@ def main() -> None:
     ap.add_argument("--prior", default="none")
     ap.add_argument("--prior-weight", type=float, help="lambda (default: ifv.prior.WEIGHTS)")
     ap.add_argument("--prior-ramp", type=float, default=FVSettings.prior_ramp,
-                    help="fv.prior_ramp of ifv's maker (0: the full weight from the start)")
+                    help="fv.prior_ramp of ifv's maker (0: the full weight at once)")
+    ap.add_argument("--prior-delay", type=float, default=FVSettings.prior_delay,
+                    help="fv.prior_delay of ifv's maker (0: the prior from the first step)")
     ap.add_argument("--param", default="rgb", help="P: rgb, fft or ffte (the 1/f-scaled "
                     "Fourier image of Lucid and Lucent)")
     ap.add_argument("--n", type=int, default=8)

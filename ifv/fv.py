@@ -11,8 +11,9 @@ for the batch and follows -S_x(N~_T(v)), as Lucid and Lucent do; L-BFGS, which n
 deterministic objective, then minimizes the mean of -S_x(N~_T(v)) over
 ``transform_samples`` fixed draws of the run's seed, so that the realization is a
 stationary point of that estimate of E_T (docs/robust-ifv.md). A prior lambda R o P is
-added to the loss in both phases; Adam ramps its weight in (``prior_ramp``), L-BFGS uses
-lambda itself, so the realization is a stationary point of the objective with the prior.
+added to the loss in both phases; Adam leaves it out at first and then ramps its weight in
+(``prior_delay``, ``prior_ramp``), L-BFGS uses lambda itself, so the realization is a
+stationary point of the objective with the prior.
 """
 
 from __future__ import annotations
@@ -46,17 +47,19 @@ class FVSettings:
     tol: float = 1e-7
     batch_size: int = 64
     transform_samples: int = 16  # with transforms: the fixed draws L-BFGS averages over
-    prior_ramp: float = 1.0  # with a prior: Adam's share of steps over which lambda rises from 0
+    prior_delay: float = 0.2  # with a prior: Adam's share of steps before lambda starts rising
+    prior_ramp: float = 1.0  # ... and the share of the rest over which it rises from 0 to 1
 
 
 def settings_key(settings: FVSettings, transforms: bool, prior: bool) -> dict[str, float | int]:
     """The settings that shape a realization, for a stage cache's key: without transforms
-    ``transform_samples`` plays no part, without a prior ``prior_ramp`` none."""
+    ``transform_samples`` plays no part, without a prior ``prior_delay`` and ``prior_ramp``
+    none."""
     out = asdict(settings)
     if not transforms:
         del out["transform_samples"]
     if not prior:
-        del out["prior_ramp"]
+        del out["prior_delay"], out["prior_ramp"]
     return out
 
 
@@ -100,23 +103,27 @@ def _loss_grad(response: ResponseFn, v: Tensor, x: Tensor, k: float, *,
     return f.detach(), g
 
 
-def ramp(step: int, steps: int, share: float) -> float:
-    """The prior's factor at Adam step ``step`` (0-based) of ``steps``: rising linearly to 1
-    over the first ``share`` of the steps (share 0: 1 throughout). A prior at full weight
-    from the first step can hold the near-grey initial image flat (TV's gradient outweighs
-    the objective's there, docs/robust-ifv.md Sec. 9)."""
+def ramp(step: int, steps: int, share: float, delay: float = 0.0) -> float:
+    """The prior's factor at Adam step ``step`` (0-based) of ``steps``: 0 over the first
+    ``delay`` share of the steps, then rising linearly to 1 over the first ``share`` of the
+    remaining ones (share 0: 1 from the end of the delay on). A prior from the first step,
+    even ramped, can hold the near-grey initial image flat: TV's gradient outweighs the
+    objective's there (docs/robust-ifv.md Sec. 9)."""
+    start = delay * steps
+    if step < start:
+        return 0.0
     if share <= 0:
         return 1.0
-    return min(1.0, (step + 1) / (share * steps))
+    return min(1.0, (step + 1 - start) / (share * (steps - start)))
 
 
 def adam(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, lr: float,
          bar: tqdm | None = None, *, transform: Transform | None = None,
          generator: torch.Generator | None = None, prior: PriorFn | None = None,
-         prior_ramp: float = 0.0) -> Tensor:
+         prior_ramp: float = 0.0, prior_delay: float = 0.0) -> Tensor:
     """``steps`` Adam steps on every sample of the batch (elementwise, hence per sample).
     With ``transform``: each step draws one transform for the batch from ``generator``; with
-    ``prior``: its weight times ``ramp(step, steps, prior_ramp)``."""
+    ``prior``: its weight times ``ramp(step, steps, prior_ramp, prior_delay)``."""
     v = v.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
     for i in range(steps):
@@ -124,7 +131,7 @@ def adam(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, lr: f
         samples = None if transform is None else [transform.sample(generator)]
         f = losses(response, v, x, k, samples=samples)
         if prior is not None:
-            f = f + ramp(i, steps, prior_ramp) * prior(v)
+            f = f + ramp(i, steps, prior_ramp, prior_delay) * prior(v)
         f.sum().backward()
         opt.step()
         if bar is not None:
@@ -258,7 +265,8 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     a batch's draws do not depend on the others; L-BFGS averages over
     ``settings.transform_samples`` fixed draws seeded by ``seed`` too, and ``loss`` and
     ``grad_norm`` are of that average. ``prior``: lambda R o P added to the loss (v -> (B,)),
-    ramped in over Adam's first ``settings.prior_ramp`` share of steps (``ramp``).
+    left out over Adam's first ``settings.prior_delay`` share of steps and then ramped in
+    over ``settings.prior_ramp`` of the rest (``ramp``).
     """
     if (init is None) == (v0 is None):
         raise ValueError("realize needs exactly one of init and v0")
@@ -281,7 +289,7 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
                      else torch.Generator().manual_seed(_batch_seed(seed, start)))
             vb = adam(response, v0[start:stop], x[start:stop], k, settings.adam_steps,
                       settings.adam_lr, bar, transform=transform, generator=draws, prior=prior,
-                      prior_ramp=settings.prior_ramp)
+                      prior_ramp=settings.prior_ramp, prior_delay=settings.prior_delay)
             it = torch.zeros(vb.shape[0], dtype=torch.long, device=dev)
             if settings.lbfgs_steps:
                 vb, it = lbfgs(response, vb, x[start:stop], k, settings.lbfgs_steps,

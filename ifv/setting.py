@@ -85,6 +85,13 @@ def number(key: str, value: Any, *, low: float = 0.0, strict: bool = False) -> f
     return float(value)
 
 
+def share(key: str, value: Any) -> float:
+    """A number in [0, 1]."""
+    if number(key, value) > 1:
+        raise UserError(f"{key} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def _selection(features: Any) -> int | str | tuple[int, ...]:
     """A feature selection: the first N channels, ``"all"``, or explicit indices."""
     bad = UserError(f"features must be a positive number, a list of indices or all, got "
@@ -575,7 +582,7 @@ class Experiment:
         reopt = FVSettings(adam_steps=count("reopt.steps", r.steps),
                            adam_lr=number("reopt.lr", r.lr, strict=True), lbfgs_steps=0,
                            batch_size=count("reopt.batch_size", r.batch_size, 1),
-                           prior_ramp=0.0)  # from a formed realization: the full weight
+                           prior_ramp=0.0, prior_delay=0.0)  # from a realization: full weight
         c = cfg.critical
         rho = c.rho
         if rho is not None and not (number("critical.rho", rho) and 0 < rho < 1):
@@ -605,6 +612,7 @@ def fv_settings(f: Any) -> FVSettings:
                       tol=number("fv.tol", f.tol),
                       batch_size=count("fv.batch_size", f.batch_size, 1),
                       transform_samples=count("fv.transform_samples", f.transform_samples, 1),
+                      prior_delay=share("fv.prior_delay", f.prior_delay),
                       prior_ramp=number("fv.prior_ramp", f.prior_ramp))
 
 

@@ -62,12 +62,17 @@ def test_transforms_are_deterministic_per_seed(small_cnn: nn.Module) -> None:
 
 
 def test_the_prior_ramps_in_over_adams_steps(small_cnn: nn.Module) -> None:
-    """The ramp's factor is linear in the step up to 1, and Adam's first step under a ramp
-    with factor 1/1000 on a prior of weight 1000 is the first step under weight 1 unramped
-    (Adam's step is a function of the gradient alone)."""
+    """The ramp's factor is 0 over the delay and then linear in the step up to 1, and
+    Adam's first step under a ramp with factor 1/1000 on a prior of weight 1000 is the
+    first step under weight 1 unramped (Adam's step is a function of the gradient alone);
+    under a delay, Adam's first steps are those without the prior."""
     assert [ramp(i, 4, 1.0) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert [ramp(i, 4, 0.5) for i in range(4)] == [0.5, 1.0, 1.0, 1.0]
     assert ramp(0, 4, 0.0) == 1.0 and ramp(3, 4, 2.0) == 0.5
+    assert [ramp(i, 10, 1.0, 0.2) for i in range(10)] == [0, 0] + [j / 8 for j in range(1, 9)]
+    assert [ramp(i, 10, 0.5, 0.6) for i in range(10)] == [0] * 6 + [0.5, 1, 1, 1]
+    assert [ramp(i, 4, 0.0, 0.5) for i in range(4)] == [0, 0, 1, 1]
+    assert ramp(3, 4, 1.0, 1.0) == 0.0
     response, x = _response(small_cnn), _x()
     v0 = _init(3, torch.Generator().manual_seed(0))
     p = response.param
@@ -75,6 +80,11 @@ def test_the_prior_ramps_in_over_adams_steps(small_cnn: nn.Module) -> None:
             for w, r in ((1000.0, 1000.0), (1.0, 0.0), (1000.0, 0.0))]
     assert torch.allclose(step[0], step[1], rtol=0, atol=1e-12)
     assert not torch.allclose(step[1], step[2])
+    delayed = adam(response, v0, x, 2, 3, 0.05, prior=Prior("tv", p, 1000.0), prior_ramp=1.0,
+                   prior_delay=0.5)  # steps 0 and 1 without the prior, step 2 at full weight
+    assert torch.equal(adam(response, v0, x, 2, 2, 0.05), adam(
+        response, v0, x, 2, 2, 0.05, prior=Prior("tv", p, 1000.0), prior_delay=1.0))
+    assert not torch.allclose(delayed, adam(response, v0, x, 2, 3, 0.05))
     # L-BFGS follows the full weight: with no Adam steps the ramp changes nothing
     runs = [realize(response, x, 2, FVSettings(adam_steps=0, lbfgs_steps=3, batch_size=3,
                                                prior_ramp=share),
@@ -84,9 +94,11 @@ def test_the_prior_ramps_in_over_adams_steps(small_cnn: nn.Module) -> None:
 
 def test_fv_cache_keys_name_only_what_shapes_the_realization() -> None:
     s = FVSettings()
-    assert {"transform_samples", "prior_ramp"}.isdisjoint(settings_key(s, False, False))
+    assert {"transform_samples", "prior_ramp", "prior_delay"}.isdisjoint(
+        settings_key(s, False, False))
     assert settings_key(s, True, True)["prior_ramp"] == s.prior_ramp
-    assert "prior_ramp" not in settings_key(s, True, False)
+    assert settings_key(s, True, True)["prior_delay"] == s.prior_delay
+    assert {"prior_ramp", "prior_delay"}.isdisjoint(settings_key(s, True, False))
     assert "transform_samples" not in settings_key(s, False, True)
 
 
@@ -159,6 +171,8 @@ def test_invert_records_the_settings(small_cnn: nn.Module, tmp_path: Path,
     (["inversion.samples=0"], "inversion.samples must be an integer >= 1"),
     (["fv.transform_samples=0"], "fv.transform_samples must be an integer >= 1"),
     (["prior=tv", "fv.prior_ramp=-1"], "fv.prior_ramp must be a finite number >= 0"),
+    (["prior=tv", "fv.prior_delay=1.5"], "fv.prior_delay must be a number in [0, 1], got 1.5"),
+    (["prior=tv", "fv.prior_delay=-0.1"], "fv.prior_delay must be a finite number >= 0"),
     (["inversion.draws=mine"], "unknown inversion.draws 'mine'; valid: auto, fv, sampled"),
     (["inversion.estimator=best"], "unknown inversion.estimator 'best'; valid: relative, mean"),
 ])
