@@ -90,8 +90,7 @@ def measure(a: argparse.Namespace) -> dict:
     flat = b.param.render(v).flatten(1).std(1) < FLAT
     out = {"k": a.k, "prior": a.prior, "prior_weight": s.prior["weight"],
            "prior_ramp": fv.prior_ramp, "prior_delay": fv.prior_delay, "param": a.param,
-           "maker": a.maker, "n": a.n,
-           "adam": a.adam, "flat": int(flat.sum()),
+           "maker": a.maker, "n": a.n, "adam": a.adam, "flat": int(flat.sum()),
            "lbfgs": fv.lbfgs_steps, "fv_samples": a.fv_samples, "inv_seed": a.inv_seed,
            "plain": angle(plain), "response": angle(y),
            "random": angle(random_objective(a.n, b.n_f, torch.Generator().manual_seed(1))),

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from ifv.device import float32_precision, precision_key, to
 from ifv.errors import UserError
-from ifv.fv import FVSettings, realize, settings_key
+from ifv.fv import FVSettings, realize
 from ifv.images import Source, load_images
 from ifv.inverse import solve, unit, z_k, z_k_inv
 from ifv.jacobian import METHODS, response_and_gram
@@ -774,9 +774,7 @@ def _realize(bound: Bound, targets: Tensor, fv: FVSettings, seed: int,
         return compute()["v"]
     full = {"model": s.model_key(), "layer": s.layer, "features": bound.features,
             "aggregation": s.aggregation, "k": s.k, "param": s.param,
-            "fv": settings_key(fv, bound.transform is not None, bound.prior is not None),
-            **({"transforms": describe_transforms(s.transforms), "prior": s.prior}
-               if bound.robust else {}),
+            **bound.fv_key(fv),
             "seed": seed, "device": bound.device.type,
             "precision": precision_key(bound.device, s.tf32), **key}
     out = StageCache(cache, log).get_or_compute("compare_fv", STAGE_VERSION, full, compute)

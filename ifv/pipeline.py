@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ifv.critical import CriticalSpace, complement, critical_space, rho_search
 from ifv.device import float32_precision, precision_key, synchronize, to
-from ifv.fv import realize, settings_key
+from ifv.fv import realize
 from ifv.inverse import full_space, solve, unit
 from ifv.jacobian import response_and_gram
 from ifv.metrics import (
@@ -85,15 +85,10 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     log(f"{exp.name}: {s.spec.name}.{s.layer}, n_f={bound.n_f}, {s.aggregation}, k={s.k:g}, "
         f"P_{s.param['name']}, {n} targets ({int(canonical.sum())} canonical), on {dev}")
     robust = bound.robust
-    # robust FV's settings enter the keys only where set, so the bare case keeps its entries
-    fv_key = settings_key(exp.fv, bound.transform is not None, bound.prior is not None)
-    robust_key: dict[str, Any] = {}
-    if robust:
-        robust_key = {"transforms": describe_transforms(s.transforms), "prior": s.prior}
     real_key = {"model": model_key, "layer": s.layer, "features": features,
                 "aggregation": s.aggregation, "k": s.k, "param": s.param,
-                "targets": [exp.n_random, exp.n_canonical, exp.seed], "fv": fv_key,
-                "device": dev.type, "precision": precision_key(dev, s.tf32), **robust_key}
+                "targets": [exp.n_random, exp.n_canonical, exp.seed], **bound.fv_key(exp.fv),
+                "device": dev.type, "precision": precision_key(dev, s.tf32)}
 
     def realizations(parts: Parts) -> dict[str, Any]:
         r = realize(response, x, s.k, exp.fv, init=bound.init, seed=exp.seed,

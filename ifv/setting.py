@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ifv.device import resolve
 from ifv.errors import UserError
-from ifv.fv import FVSettings, lbfgs_draws
+from ifv.fv import FVSettings, lbfgs_draws, settings_key
 from ifv.jacobian import METHODS
 from ifv.models import check_layer, get_spec, load
 from ifv.models.registry import ModelSpec
@@ -201,6 +201,17 @@ class Bound:
     def robust(self) -> bool:
         """Whether FV is robust FV (transforms or a prior): the robust solver inverts it."""
         return self.transform is not None or self.prior is not None
+
+    def fv_key(self, fv: FVSettings) -> dict[str, Any]:
+        """FV's part of a stage cache's key: the settings that shape a realization
+        (``ifv.fv.settings_key``) and, for robust FV only, the transforms and the prior, so
+        that the bare case keeps its entries."""
+        key: dict[str, Any] = {"fv": settings_key(fv, self.transform is not None,
+                                                  self.prior is not None)}
+        if self.robust:
+            key |= {"transforms": describe_transforms(self.setting.transforms),
+                    "prior": self.setting.prior}
+        return key
 
     def robust_inputs(self, rb: Robust, fv: FVSettings | None = None, seed: int = 0
                       ) -> tuple[list[ResponseFn], Prior | None]:
