@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ifv.fv import FVSettings, lbfgs_draws, realize
+from ifv.fv import FVResult, FVSettings, lbfgs_draws, realize
 from ifv.inverse import solve, unit
 from ifv.jacobian import response_and_gram
 from ifv.metrics import angular_distance, random_objective
@@ -39,9 +39,9 @@ from ifv.robust import (
     solve_quantities,
 )
 from ifv.sampling import sample_targets
-from ifv.setting import Setting
+from ifv.setting import Bound, Setting
 from ifv.store import atomic_write
-from ifv.transform import preset
+from ifv.transform import Transform, preset
 
 # a realization whose pixels' standard deviation is below this is flat: FV collapsed to the
 # prior (the measured collapses have 0.002 to 0.03, the others 0.13 to 0.34)
@@ -63,9 +63,11 @@ def _median(t: torch.Tensor) -> float:
     return round(float(t.double().median()), 2)
 
 
-def measure(a: argparse.Namespace) -> dict:
-    """The realizations and every inversion of them (see the module's docstring)."""
-    ks = [int(t) for t in a.ks.split(",")]
+def realizations(a: argparse.Namespace) -> tuple[Setting, Bound, torch.Tensor, FVResult,
+                                                 Transform, FVSettings]:
+    """The setting, its bound network, the ``a.n`` targets x (half canonical), FV's
+    realizations of them by ``a.maker`` (see the module's docstring), the transforms they
+    were made under and FV's settings (the arguments of ``add_realization_args``)."""
     spec = a.prior if a.prior_weight is None else {"name": a.prior, "weight": a.prior_weight}
     s = Setting.make(k=a.k, param=a.param, device="cpu", transforms="standard", prior=spec)
     b = s.bind(progress=False)
@@ -82,6 +84,13 @@ def measure(a: argparse.Namespace) -> dict:
         transform = b.transform if a.maker == "adam" else preset("lucent", 32)
     r = realize(b.response, x, a.k, fv, init=b.init, seed=a.seed, progress=True,
                 transform=transform, prior=b.prior)
+    return s, b, x, r, transform, fv
+
+
+def measure(a: argparse.Namespace) -> dict:
+    """The realizations and every inversion of them (see the module's docstring)."""
+    ks = [int(t) for t in a.ks.split(",")]
+    s, b, x, r, transform, fv = realizations(a)
     v = r.v
     y, gram = response_and_gram(b.response, v, progress=False)
     plain, _ = solve(y, gram, a.k)
@@ -147,8 +156,8 @@ def plot(paths: Sequence[str], figure: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m experiments.robust_curve")
+def add_realization_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of ``realizations``: k, the prior, P, the targets and the maker."""
     ap.add_argument("--k", type=float, default=2.0)
     ap.add_argument("--prior", default="none")
     ap.add_argument("--prior-weight", type=float, help="lambda (default: ifv.prior.WEIGHTS)")
@@ -163,8 +172,13 @@ def main() -> None:
     ap.add_argument("--adam", type=int, default=300)
     ap.add_argument("--lbfgs", type=int, default=200)
     ap.add_argument("--fv-samples", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0, help="of the targets and of FV")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m experiments.robust_curve")
+    add_realization_args(ap)
     ap.add_argument("--ks", default="1,2,4,8,16,32,64")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--inv-seed", type=int, default=12345, help="seed of the sampled draws")
     ap.add_argument("--out", help="write the JSON line here too")
     ap.add_argument("--plot", nargs="+", metavar="JSON", help="draw these runs' curves")
