@@ -156,6 +156,14 @@ def plot(paths: Sequence[str], figure: str) -> None:
     plt.close(fig)
 
 
+def emit(record: dict, out: str | None) -> None:
+    """Print ``record`` as one JSON line, and write it to ``out`` too where given."""
+    line = json.dumps(record)
+    print(line, flush=True)
+    if out:
+        atomic_write(Path(out), lambda p: p.write_text(line + "\n"))
+
+
 def add_realization_args(ap: argparse.ArgumentParser) -> None:
     """The arguments of ``realizations``: k, the prior, P, the targets and the maker."""
     ap.add_argument("--k", type=float, default=2.0)
@@ -188,10 +196,7 @@ def main() -> None:
         plot(a.plot, a.figure)
         print(a.figure)
         return
-    line = json.dumps(measure(a))
-    print(line, flush=True)
-    if a.out:
-        atomic_write(Path(a.out), lambda p: p.write_text(line + "\n"))
+    emit(measure(a), a.out)
 
 
 if __name__ == "__main__":

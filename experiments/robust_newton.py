@@ -24,19 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from experiments.robust_curve import add_realization_args, realizations
+from experiments.robust_curve import add_realization_args, emit, realizations
 from ifv.inverse import symmetric, unit
 from ifv.jacobian import jacobian
 from ifv.metrics import angular_distance
 from ifv.objective import ResponseFn, significance
 from ifv.robust import responses_under, solve_transformed
-from ifv.store import atomic_write
 
 
 def loss_gradients(responses: Sequence[ResponseFn], v: Tensor, x: Tensor, k: float
@@ -150,10 +148,7 @@ def main() -> None:
     a = ap.parse_args()
     if not 1 <= a.hessian_draws <= a.ks:
         ap.error(f"--hessian-draws must be in [1, --ks={a.ks}], got {a.hessian_draws}")
-    line = json.dumps(measure(a))
-    print(line, flush=True)
-    if a.out:
-        atomic_write(Path(a.out), lambda p: p.write_text(line + "\n"))
+    emit(measure(a), a.out)
 
 
 if __name__ == "__main__":
