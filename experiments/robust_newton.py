@@ -43,7 +43,7 @@ def loss_gradients(responses: Sequence[ResponseFn], v: Tensor, x: Tensor, k: flo
     objective for all -> (B, n_p) float64."""
     v = v.detach().requires_grad_(True)
     xs = x.to(v.dtype).expand(v.shape[0], -1)
-    g = torch.zeros(v.shape[0], v[0].numel(), dtype=torch.float64)
+    g = torch.zeros(v.shape[0], v[0].numel(), dtype=torch.float64, device=v.device)
     for r in responses:
         (gt,) = torch.autograd.grad(-significance(xs, r(v), k).sum() / len(responses), v)
         g += gt.reshape(v.shape[0], -1).double()
@@ -57,9 +57,9 @@ def expected_hessian(responses: Sequence[ResponseFn], v: Tensor, x: Tensor, k: f
 
     v: (1, *shape); x: (n_f,) -> (n_p, n_p) float64."""
     n_p = v[0].numel()
-    basis = torch.eye(n_p, dtype=v.dtype).reshape(n_p, *v.shape[1:])
+    basis = torch.eye(n_p, dtype=v.dtype, device=v.device).reshape(n_p, *v.shape[1:])
     g0 = loss_gradients(responses, v, x, k)
-    h = torch.empty(n_p, n_p, dtype=torch.float64)
+    h = torch.empty(n_p, n_p, dtype=torch.float64, device=v.device)
     for j in tqdm(range(0, n_p, chunk), desc="H", disable=not progress, leave=False):
         h[:, j:j + chunk] = ((loss_gradients(responses, v + eps * basis[j:j + chunk], x, k)
                               - g0) / eps).T
