@@ -93,7 +93,8 @@ def _realization(a: argparse.Namespace, responses: Sequence[ResponseFn], v: Tens
     ys, jac = zip(*(jacobian(resp, v, method="loop") for resp in responses), strict=True)
     ys = torch.cat(ys).double()  # (K, n_f)
     jac = torch.cat(jac)  # (K, n_f, n_p)
-    plain = solve_in_metric(ys, jac, torch.eye(jac.shape[-1], dtype=torch.float64), a.k)
+    plain = solve_in_metric(ys, jac, torch.eye(jac.shape[-1], dtype=torch.float64,
+                                                device=jac.device), a.k)
     response = unit(ys).mean(0)
 
     def step(at: Tensor) -> Tensor:
