@@ -59,7 +59,8 @@ def _first(q: Quantities, n_t: int) -> Quantities:
                       prior_norm=q.prior_norm, evaluations=n_t)
 
 
-def _median(t: torch.Tensor) -> float:
+def median(t: torch.Tensor) -> float:
+    """The median of ``t``, rounded to 0.01 as the JSON lines report angles."""
     return round(float(t.double().median()), 2)
 
 
@@ -95,7 +96,7 @@ def measure(a: argparse.Namespace) -> dict:
     y, gram = response_and_gram(b.response, v, progress=False)
     plain, _ = solve(y, gram, a.k)
     prior = None if b.prior is None else Prior(s.prior["name"], b.param)
-    angle = lambda t: _median(angular_distance(x, t))  # noqa: E731
+    angle = lambda t: median(angular_distance(x, t))  # noqa: E731
     flat = b.param.render(v).flatten(1).std(1) < FLAT
     out = {"k": a.k, "prior": a.prior, "prior_weight": s.prior["weight"],
            "prior_ramp": fv.prior_ramp, "prior_delay": fv.prior_delay, "param": a.param,

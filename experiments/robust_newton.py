@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from experiments.robust_curve import add_realization_args, emit, realizations
+from experiments.robust_curve import add_realization_args, emit, median, realizations
 from ifv.inverse import symmetric, unit
 from ifv.jacobian import jacobian
 from ifv.metrics import angular_distance
@@ -123,15 +123,13 @@ def measure(a: argparse.Namespace) -> dict:
         rows.append(_realization(a, responses, r.v[i:i + 1], x[i]))
         print(json.dumps({"realization": i, **rows[-1]}), flush=True)
 
-    def median(values: Sequence[float]) -> float:
-        return round(float(torch.tensor(values).median()), 2)
-
     out = {"k": a.k, "param": a.param, "maker": a.maker, "n": a.n, "adam": a.adam,
            "ks": a.ks, "hessian_draws": a.hessian_draws, "mu": a.mu, "start": a.start,
            "iters": a.iters}
     for key in ("response", "robust", "oracle"):
-        out[key] = median([row[key] for row in rows])
-    out["iterated"] = [median([row["iterations"][j] for row in rows]) for j in range(a.iters)]
+        out[key] = median(torch.tensor([row[key] for row in rows], dtype=torch.float64))
+    out["iterated"] = [median(torch.tensor([row["iterations"][j] for row in rows],
+                                           dtype=torch.float64)) for j in range(a.iters)]
     return {**out, "rows": rows}
 
 
