@@ -260,7 +260,9 @@ The setting takes the same overrides as `ifv run` (default: the make demo settin
   device=auto|cpu|cuda|cuda:N, tf32=false|true, jacobian.method=auto|loop|batched|vmap,
   transforms=none|standard|lucid|lucent|custom (transforms.steps=[...]), prior=none|l2|tv|blur
   (prior.weight=W): how the images were made; with either, the robust solver inverts them
-  with inversion.samples=K (32) transform samples of inversion.seed (docs/robust-ifv.md)
+  with inversion.samples=K (32) transform samples of inversion.seed (docs/robust-ifv.md);
+  from Adam at a fixed rate (Lucid, Lucent) invert the mean of the loop's last iterates,
+  not its last image (fv.adam_average; docs/robust-ifv.md Sec. 9)
 and keys of its own:
   invert.input         image (default: files in [0, 1]) or params (.pt/.npy of P's variables v)
   invert.critical      a run's critical.parquet: C is its best critical space

@@ -18,6 +18,7 @@ stationary point of the objective with the prior.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -49,13 +50,16 @@ class FVSettings:
     transform_samples: int = 16  # with transforms: the fixed draws L-BFGS averages over
     prior_delay: float = 0.2  # with a prior: Adam's share of steps before lambda starts rising
     prior_ramp: float = 1.0  # ... and the share of the rest over which it rises from 0 to 1
+    adam_average: float = 0.0  # Adam's last share of steps whose iterates are averaged (0: last)
 
 
 def settings_key(settings: FVSettings, transforms: bool, prior: bool) -> dict[str, float | int]:
     """The settings that shape a realization, for a stage cache's key: without transforms
     ``transform_samples`` plays no part, without a prior ``prior_delay`` and ``prior_ramp``
-    none."""
+    none, and ``adam_average`` only where it is not 0 (the last iterate: the keys of before)."""
     out = asdict(settings)
+    if not settings.adam_average:
+        del out["adam_average"]
     if not transforms:
         del out["transform_samples"]
     if not prior:
@@ -117,15 +121,27 @@ def ramp(step: int, steps: int, share: float, delay: float = 0.0) -> float:
     return min(1.0, (step + 1 - start) / (share * (steps - start)))
 
 
+def averaged_steps(steps: int, share: float) -> int:
+    """How many of Adam's last iterates ``adam`` averages: ceil(share steps), at most
+    ``steps``; 0 for share 0 (the last iterate alone)."""
+    return min(steps, math.ceil(share * steps))
+
+
 def adam(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, lr: float,
          bar: tqdm | None = None, *, transform: Transform | None = None,
          generator: torch.Generator | None = None, prior: PriorFn | None = None,
-         prior_ramp: float = 0.0, prior_delay: float = 0.0) -> Tensor:
+         prior_ramp: float = 0.0, prior_delay: float = 0.0, average: float = 0.0) -> Tensor:
     """``steps`` Adam steps on every sample of the batch (elementwise, hence per sample).
     With ``transform``: each step draws one transform for the batch from ``generator``; with
-    ``prior``: its weight times ``ramp(step, steps, prior_ramp, prior_delay)``."""
+    ``prior``: its weight times ``ramp(step, steps, prior_ramp, prior_delay)``. Returns the
+    last iterate, or with ``average`` the mean of the iterates after each of the last
+    ``averaged_steps(steps, average)`` steps (Polyak-Ruppert averaging: at a fixed rate with a
+    fresh transform each step the iterates scatter around the expectation's stationary point,
+    and their mean lies near it; docs/robust-ifv.md Sec. 9)."""
     v = v.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
+    tail = averaged_steps(steps, average)
+    total = torch.zeros_like(v) if tail else None
     for i in range(steps):
         opt.zero_grad(set_to_none=True)
         samples = None if transform is None else [transform.sample(generator)]
@@ -134,9 +150,11 @@ def adam(response: ResponseFn, v: Tensor, x: Tensor, k: float, steps: int, lr: f
             f = f + ramp(i, steps, prior_ramp, prior_delay) * prior(v)
         f.sum().backward()
         opt.step()
+        if total is not None and i >= steps - tail:
+            total += v.detach()
         if bar is not None:
             bar.update()
-    return v.detach()
+    return v.detach() if total is None else total / tail
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -266,7 +284,9 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
     ``settings.transform_samples`` fixed draws seeded by ``seed`` too, and ``loss`` and
     ``grad_norm`` are of that average. ``prior``: lambda R o P added to the loss (v -> (B,)),
     left out over Adam's first ``settings.prior_delay`` share of steps and then ramped in
-    over ``settings.prior_ramp`` of the rest (``ramp``).
+    over ``settings.prior_ramp`` of the rest (``ramp``). Adam's result is the mean of its
+    iterates over its last ``settings.adam_average`` share of steps (default 0: the last
+    iterate).
     """
     if (init is None) == (v0 is None):
         raise ValueError("realize needs exactly one of init and v0")
@@ -289,7 +309,8 @@ def realize(response: ResponseFn, x: Tensor, k: float, settings: FVSettings = FV
                      else torch.Generator().manual_seed(_batch_seed(seed, start)))
             vb = adam(response, v0[start:stop], x[start:stop], k, settings.adam_steps,
                       settings.adam_lr, bar, transform=transform, generator=draws, prior=prior,
-                      prior_ramp=settings.prior_ramp, prior_delay=settings.prior_delay)
+                      prior_ramp=settings.prior_ramp, prior_delay=settings.prior_delay,
+                      average=settings.adam_average)
             it = torch.zeros(vb.shape[0], dtype=torch.long, device=dev)
             if settings.lbfgs_steps:
                 vb, it = lbfgs(response, vb, x[start:stop], k, settings.lbfgs_steps,

@@ -624,7 +624,8 @@ def fv_settings(f: Any) -> FVSettings:
                       batch_size=count("fv.batch_size", f.batch_size, 1),
                       transform_samples=count("fv.transform_samples", f.transform_samples, 1),
                       prior_delay=share("fv.prior_delay", f.prior_delay),
-                      prior_ramp=number("fv.prior_ramp", f.prior_ramp))
+                      prior_ramp=number("fv.prior_ramp", f.prior_ramp),
+                      adam_average=share("fv.adam_average", f.adam_average))
 
 
 def _n_canonical(canonical: Any, n_total: int, n_f: int) -> int:

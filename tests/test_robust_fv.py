@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +15,15 @@ from torch import nn
 import ifv
 from ifv.cli import main
 from ifv.errors import UserError
-from ifv.fv import FVSettings, adam, lbfgs_draws, ramp, realize, settings_key
+from ifv.fv import (
+    FVSettings,
+    adam,
+    averaged_steps,
+    lbfgs_draws,
+    ramp,
+    realize,
+    settings_key,
+)
 from ifv.objective import Response
 from ifv.param import make_param
 from ifv.prior import PENALTIES, Prior
@@ -92,8 +101,25 @@ def test_the_prior_ramps_in_over_adams_steps(small_cnn: nn.Module) -> None:
     assert torch.equal(runs[0].v, runs[1].v)
 
 
+def test_adam_averages_its_last_iterates() -> None:
+    """On a loss whose gradient is constant (-S_x of the identity response at k = 0:
+    -x^T v) every Adam step moves each coordinate by lr against the gradient's sign (the
+    bias-corrected moments are g and g^2), so after step i the iterate is v0 + lr i s: the
+    last of 8 steps is at 8 lr, the mean over the last half (steps 5 to 8) at 6.5 lr, over
+    all 8 at 4.5 lr. A coordinate without gradient does not move."""
+    assert [averaged_steps(8, s) for s in (0.0, 0.1, 0.5, 1.0)] == [0, 1, 4, 8]
+    x = torch.tensor([[0.6, -0.8, 0.0]], dtype=torch.float64)
+    v0 = torch.full((1, 3), 0.5, dtype=torch.float64)
+    s = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    for share, at in ((0.0, 8.0), (0.5, 6.5), (1.0, 4.5)):
+        v = adam(lambda v: v, v0, x, 0, 8, 0.1, average=share)
+        assert torch.allclose(v, v0 + 0.1 * at * s, atol=1e-6), share
+
+
 def test_fv_cache_keys_name_only_what_shapes_the_realization() -> None:
     s = FVSettings()
+    assert "adam_average" not in settings_key(s, True, True)  # the last iterate: as before
+    assert settings_key(FVSettings(adam_average=0.25), False, False)["adam_average"] == 0.25
     assert {"transform_samples", "prior_ramp", "prior_delay"}.isdisjoint(
         settings_key(s, False, False))
     assert settings_key(s, True, True)["prior_ramp"] == s.prior_ramp
@@ -131,6 +157,25 @@ def test_run_records_the_settings(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert (df.transforms == "none").all() and (df.inversion_samples == 1).all()
     assert (df.angle_robust == df.angle_pred).all() and df.prior_weight_robust.isna().all()
     assert "realizations: cached" not in capsys.readouterr().out  # keys differ
+
+
+def test_run_inverts_averaged_adam_only_realizations_with_sampled_draws(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Another tool's loop in ifv run: Adam only (no L-BFGS draws to reuse), its iterates
+    averaged; the robust stage then takes inversion.samples draws of its own seed, and the
+    last iterate is another realization (another cache entry, other responses)."""
+    runs = []
+    for share in ("0.5", "0"):
+        out = tmp_path / f"run{share}"
+        assert main(["run", *TINY, "transforms=standard", "fv.lbfgs_steps=0",
+                     "fv.adam_steps=4", f"fv.adam_average={share}",
+                     f"stage_cache={tmp_path / 'cache'}", f"hydra.run.dir={out}"]) == 0
+        runs.append(pd.read_parquet(out / "results.parquet"))
+    df = runs[0]
+    assert (df.inversion_draws == "sampled").all() and (df.inversion_samples == 2).all()
+    assert df.angle_robust.between(0, 90).all()
+    assert "realizations: cached" not in capsys.readouterr().out
+    assert not np.allclose(np.stack(df.response), np.stack(runs[1].response))
 
 
 def test_invert_records_the_settings(small_cnn: nn.Module, tmp_path: Path,
@@ -173,6 +218,7 @@ def test_invert_records_the_settings(small_cnn: nn.Module, tmp_path: Path,
     (["prior=tv", "fv.prior_ramp=-1"], "fv.prior_ramp must be a finite number >= 0"),
     (["prior=tv", "fv.prior_delay=1.5"], "fv.prior_delay must be a number in [0, 1], got 1.5"),
     (["prior=tv", "fv.prior_delay=-0.1"], "fv.prior_delay must be a finite number >= 0"),
+    (["fv.adam_average=2"], "fv.adam_average must be a number in [0, 1], got 2"),
     (["inversion.draws=mine"], "unknown inversion.draws 'mine'; valid: auto, fv, sampled"),
     (["inversion.estimator=best"], "unknown inversion.estimator 'best'; valid: relative, mean"),
 ])
