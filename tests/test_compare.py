@@ -141,8 +141,11 @@ def test_googlenet_planted_copy_is_recovered(planted: str, k: float) -> None:
     permuted B's rows are A's permuted to rounding; k = 0 gives (*) and the scales back."""
     a = ifv.Setting.make(_small_googlenet(), "inception4c",
                          [0, 64, 128, 200, 300, 384, 400, 480], k=k, size=(32, 32))
-    exact = planted == "rescaled" and k == 0  # measured: 100 + 300 steps, scales to 2%
-    fv = FVSettings(adam_steps=100, lbfgs_steps=300, batch_size=64) if exact else FAST
+    # L-BFGS to convergence, not to a step count: a realization left at residual 0.12 on one
+    # machine's summation order (e_200 after 40 steps) is not "near" its objective on B
+    exact = planted == "rescaled" and k == 0  # measured: scales to 0.1% (median) / 0.6%
+    fv = (FVSettings(adam_steps=100, lbfgs_steps=1000, tol=1e-10, batch_size=64) if exact
+          else FVSettings(adam_steps=40, lbfgs_steps=150, batch_size=64))
     comp = ifv.compare(a, planted=planted, scale=2.0, n_random=6 if exact else 0, fv=fv,
                        pairs=0, n_images=16, progress=False, log=lambda _: None)
     s = comp.summary()
@@ -153,7 +156,7 @@ def test_googlenet_planted_copy_is_recovered(planted: str, k: float) -> None:
     if planted == "permuted":
         assert float(ang.max()) < 1e-6
         assert bool(comp.confident.all())
-    elif exact:  # measured: canonical rows 0.02 deg at most, scales 0.3% / 2.0%
+    elif exact:  # measured: canonical rows 0.017 deg at most, scales 0.09% / 0.6%
         assert float(ang[can].max()) < 0.1
         assert s["scale_error_median"] < 0.01 and s["scale_error_max"] < 0.05
     else:  # k = 2: e_i maps near, not onto, e_pi(i)
