@@ -141,8 +141,8 @@ def test_googlenet_planted_copy_is_recovered(planted: str, k: float) -> None:
     permuted B's rows are A's permuted to rounding; k = 0 gives (*) and the scales back."""
     a = ifv.Setting.make(_small_googlenet(), "inception4c",
                          [0, 64, 128, 200, 300, 384, 400, 480], k=k, size=(32, 32))
-    # L-BFGS to convergence, not to a step count: a realization left at residual 0.12 on one
-    # machine's summation order (e_200 after 40 steps) is not "near" its objective on B
+    # L-BFGS near convergence, not FAST's 40 steps: on one machine's summation order those
+    # left e_200's realization at residual 0.12 on B, not "near" its objective there
     exact = planted == "rescaled" and k == 0  # measured: scales to 0.1% (median) / 0.6%
     fv = (FVSettings(adam_steps=100, lbfgs_steps=1000, tol=1e-10, batch_size=64) if exact
           else FVSettings(adam_steps=40, lbfgs_steps=150, batch_size=64))
