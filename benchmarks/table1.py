@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,12 +45,16 @@ import torch
 from experiments.reference import TABLE1
 from ifv.config import compose
 from ifv.device import resolve, synchronize
+from ifv.errors import UserError
 from ifv.fv import adam, lbfgs
 from ifv.inverse import solve
 from ifv.jacobian import METHODS, cotangent_chunk, response_and_gram, saved_bytes
 from ifv.objective import ResponseFn
 from ifv.sampling import uniform_sphere
 from ifv.setting import Bound, Setting
+from ifv.store import atomic_write, check_outputs
+
+OUT_FILES = ("table1_bench.csv", "table1_bench.md")
 
 CPU_BUDGET = 4 << 30  # bytes of the floor's cotangent chunks on the CPU
 
@@ -205,6 +210,12 @@ def main() -> None:
                              "for why one thread on a shared machine")
     parser.add_argument("--out", type=Path, help="folder for table1_bench.csv and .md")
     args = parser.parse_args()
+    if args.out:  # before the timings, not after them
+        try:
+            check_outputs(args.out, OUT_FILES, "--out")
+        except UserError as exc:
+            print(f"table1: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = [d for d in args.device if d != "cuda" or torch.cuda.is_available()]
@@ -222,9 +233,9 @@ def main() -> None:
     if "cuda" in args.device and "cuda" not in devices:
         print("no CUDA device here: GPU rows not measured")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out / "table1_bench.csv", index=False)
-        (args.out / "table1_bench.md").write_text(text + "\n")
+        csv, md = (args.out / name for name in OUT_FILES)
+        atomic_write(csv, lambda p: df.to_csv(p, index=False))
+        atomic_write(md, lambda p: p.write_text(text + "\n"))
 
 
 if __name__ == "__main__":

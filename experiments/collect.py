@@ -28,8 +28,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from experiments.results import COMPARE, image_key
+from ifv.errors import UserError
 from ifv.results import CONFIG
-from ifv.store import atomic_write
+from ifv.store import atomic_write, check_writable
 
 DEFAULT_DIRS = ("outputs", "multirun")
 REQUIRED = (*CONFIG, "sample", "finite", "critical_dim", "angle_pred", "best_space")
@@ -233,7 +234,8 @@ def collect(dirs: Sequence[Path], out: Path, log: Callable[[str], None] = print,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line; exit code 2 for a missing directory."""
+    """Command line; exit code 2 for a missing directory or an output that cannot be
+    written."""
     ap = argparse.ArgumentParser(prog="python -m experiments.collect",
                                  description="Collect ifv run directories into results/.")
     ap.add_argument("dirs", nargs="*", metavar="DIR",
@@ -252,8 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"collect: error: none of the default directories exists: "
                   f"{' '.join(DEFAULT_DIRS)}", file=sys.stderr)
             return 2
-    table = collect(dirs, Path(args.out))
-    names = collect_comparisons(dirs, Path(args.out))
+    try:  # the folder first; a target that is no regular file is refused by atomic_write
+        check_writable(args.out, "--out")
+        table = collect(dirs, Path(args.out))
+        names = collect_comparisons(dirs, Path(args.out))
+    except UserError as exc:
+        print(f"collect: error: {exc}", file=sys.stderr)
+        return 2
     if names:
         print(f"comparisons: {', '.join(names)} -> {args.out}/{COMPARE}/")
     if table.empty:

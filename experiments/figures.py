@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -55,6 +56,7 @@ from experiments.reference import (
     table1_markdown,
 )
 from experiments.results import NotRun, Results
+from ifv.errors import UserError
 from ifv.plots import (
     ANGLE_SSIM_SIZE,
     SSIM_KDE_SIZE,
@@ -76,7 +78,7 @@ from ifv.plots import (
     ssim_kde,
 )
 from ifv.sampling import hoyer, uniform_sphere
-from ifv.store import atomic_write
+from ifv.store import atomic_write, check_writable
 
 Log = Callable[[str], None]
 Draw = Callable[[SubFigure], object]
@@ -532,12 +534,17 @@ def build(results: Path, out: Path, log: Log = print) -> tuple[list[Path], list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line; exit code 1 if a figure failed."""
+    """Command line; exit code 1 if a figure failed, 2 if ``--out`` cannot be written."""
     ap = argparse.ArgumentParser(prog="python -m experiments.figures",
                                  description="The paper's figures and Table 1 from results/.")
     ap.add_argument("--results", default="results", help="collected results (default: results)")
     ap.add_argument("--out", default="figures", help="output folder (default: figures)")
     args = ap.parse_args(argv)
+    try:
+        check_writable(args.out, "--out")
+    except UserError as exc:
+        print(f"figures: error: {exc}", file=sys.stderr)
+        return 2
     written, failed = build(Path(args.results), Path(args.out))
     print(f"{len(written)} files written to {args.out}/")
     return 1 if failed else 0

@@ -35,7 +35,8 @@ from experiments.reference import (
     table1_markdown,
 )
 from experiments.results import NotRun, Results
-from ifv.store import atomic_write
+from ifv.errors import UserError
+from ifv.store import atomic_write, check_file
 
 YES, NO, NOT_RUN, NA = "yes", "**no**", "not run", "n/a"
 
@@ -200,6 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--beyond", action="store_true",
                     help="only the sections beyond the paper (robust FV, network comparison)")
     args = ap.parse_args(argv)
+    try:
+        check_file(args.out, "--out")
+    except UserError as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 2
     res = Results(args.results)
     if not res.root.is_dir():
         print(f"report: note: no folder {res.root}; every claim is 'not run' "

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ifv.errors import UserError
 from ifv.fv import FVResult, FVSettings, lbfgs_draws, realize
 from ifv.inverse import solve, unit
 from ifv.jacobian import response_and_gram
@@ -42,7 +43,7 @@ from ifv.robust import (
 )
 from ifv.sampling import sample_targets
 from ifv.setting import Bound, Setting
-from ifv.store import atomic_write
+from ifv.store import atomic_write, check_file
 from ifv.transform import Transform, preset
 
 # a realization whose pixels' standard deviation is below this is flat: FV collapsed to the
@@ -204,6 +205,12 @@ def main() -> None:
     ap.add_argument("--plot", nargs="+", metavar="JSON", help="draw these runs' curves")
     ap.add_argument("--figure", default="robust_curve.png")
     a = ap.parse_args()
+    path, key = (a.figure, "--figure") if a.plot else (a.out, "--out")
+    try:  # the output before the measurement, not after it
+        if path:
+            check_file(path, key)
+    except UserError as exc:
+        raise SystemExit(f"robust_curve: error: {exc}") from None
     if a.plot:
         plot(a.plot, a.figure)
         print(a.figure)

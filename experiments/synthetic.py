@@ -57,7 +57,8 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
            "aggregation": aggregation, "k": float(k), "param": param, "seed": seed,
            "n_p": n_p, "transforms": transforms, "prior": prior,
            "prior_weight": 0.1 if prior != "none" else 0.0,
-           **Robust().record(robust and transforms != "none", None)}
+           **Robust().record(robust and transforms != "none", None),
+           "kinks_samples": 16, "kinks_sigma": 1e-3, "kinks_rho": 1e-3}
     samples = {
         "sample": sample, "canonical": sample < n // 2, "hoyer": np.linspace(0.0, 1.0, n),
         "finite": np.ones(n, dtype=bool),
@@ -69,7 +70,8 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
         "ssim_response": _spread(ssim_response, n, 0.1),
         "ssim_random": _spread(ssim_random, n, 0.1),
         "stable": s_target >= 0.7,
-        "rel_residual": np.full(n, 1e-3), "grad_norm": np.full(n, 1e-4),
+        "rel_residual": np.full(n, 1e-3), "rel_residual_plain": np.full(n, 1e-2),
+        "kink_dim": np.full(n, 100), "grad_norm": np.full(n, 1e-4),
         "lbfgs_iters": np.full(n, 300),
         "t_fv": times[0], "t_jacobian": times[1], "t_predict": times[2], "t_reopt": times[3],
         "target": [eye[i % n_f] for i in sample],
@@ -80,6 +82,7 @@ def run_frame(experiment: str, *, n: int = 20, n_f: int = 10, n_channels: int | 
         "rho_min": np.nan if dim == n_f else 0.01,
         "rho_max": np.nan if dim == n_f else 0.1,
         "angle_pred": _spread(center, n, spread).clip(0.0, 90.0),
+        "angle_plain": _spread(min(90.0, 3 * center), n, spread).clip(0.0, 90.0),
         "crit_fraction": np.linspace(0.5, 1.0, n) if dim < n_f else np.ones(n),
         "ssim_pred": _spread(ssim_pred, n, 0.05),
         "prediction": [eye[i % n_f] for i in sample],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from ifv.errors import UserError
 from ifv.fv import FVSettings
 from ifv.images import IMAGE_PARAMS, Source, load_images, load_params, to_params
 from ifv.inverse import full_space, reduced_gram, reduced_spectrum, solve
-from ifv.jacobian import METHODS, response_and_gram
+from ifv.jacobian import METHODS
+from ifv.kink import Kinks, response_and_grams
 from ifv.metrics import relative_residual
 from ifv.robust import quantities, solve_quantities
 from ifv.setting import (
@@ -53,7 +54,10 @@ class Inversion:
     f_x* (``ifv.metrics.relative_residual``). next_residual: (B,) the same for the runner-up,
     sqrt of the second-smallest eigenvalue of M M^T relative to ||Z_k Dy||_2^2 (NaN for
     dim C = 1): x* is well determined where residual << next_residual. sources: per row, the
-    file (or ``images[i]``) and the index within it. settings: what was inverted.
+    file (or ``images[i]``) and the index within it. kink_dim: (B,) dim N of the switch
+    normals found at each realization (0: none, or kinks off; then gram, residual and x_pred
+    are Opt. (3)'s; else gram is G_T = Dy P_T Dy^T, docs/kinks.md). settings: what was
+    inverted.
     """
 
     x_pred: Tensor
@@ -63,6 +67,7 @@ class Inversion:
     next_residual: Tensor
     features: list[int]
     sources: list[tuple[str, int]]
+    kink_dim: Tensor | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def top(self, n: int = 5) -> list[list[tuple[int, float]]]:
@@ -80,6 +85,7 @@ class Inversion:
                 "top": [{"feature": f, "weight": w} for f, w in best],
                 "residual": _num(self.residual[i]),
                 "next_residual": _num(self.next_residual[i]),
+                "kink_dim": None if self.kink_dim is None else int(self.kink_dim[i]),
                 "objective": self.x_pred[i].tolist(),
                 "response": self.y[i].tolist(),
             })
@@ -93,19 +99,20 @@ def _num(t: Tensor) -> float | None:
 
 
 def read_critical(path: str | Path, n_f: int, critical_dim: int | None = None, *,
-                  model: str | None = None, layer: str | None = None) -> Tensor:
+                  model: str | None = None, layer: str | None = None,
+                  key: str = "critical") -> Tensor:
     """C_M, an orthonormal basis of a critical space (Eq. (4), Sec. 2.2) from a run's
     critical.parquet: the orthogonal complement of the row's ``complement`` vectors.
 
     The row is the one marked ``best`` (Sec. 3.5), or the one with ``critical_dim``. Where a
     results.parquet lies beside it, its model and layer must match ``model`` / ``layer``.
-    Returns (n_f, dim C) float64.
+    ``key``: the option that named the file, for the messages. Returns (n_f, dim C) float64.
     """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file (critical=PATH names a run's critical.parquet)")
+        raise UserError(f"{key}: no such file {path}; valid: a run's critical.parquet")
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is one line for the user
@@ -156,10 +163,10 @@ def _check_run(results: Path, model: str | None, layer: str | None) -> None:
 
 
 def _basis(critical: str | Path | Tensor | None, critical_dim: int | None, n_f: int,
-           s: Setting) -> Tensor:
+           s: Setting, key: str = "critical") -> Tensor:
     if critical is None:
         if critical_dim is not None:
-            raise UserError("critical_dim needs critical=PATH (a run's critical.parquet)")
+            raise UserError(f"{key}_dim needs {key}=PATH (a run's critical.parquet)")
         return full_space(n_f)
     if isinstance(critical, Tensor):
         if critical.dim() != 2 or critical.shape[0] != n_f or critical.shape[1] < 1:
@@ -167,7 +174,8 @@ def _basis(critical: str | Path | Tensor | None, critical_dim: int | None, n_f: 
                             f"{tuple(critical.shape)}")
         return critical.double()
     return read_critical(critical, n_f, critical_dim,
-                         model=s.model_name if s.spec is not None else None, layer=s.layer)
+                         model=s.model_name if s.spec is not None else None, layer=s.layer,
+                         key=key)
 
 
 def _next_residual(y: Tensor, gram: Tensor, k: float, basis: Tensor) -> Tensor:
@@ -187,7 +195,8 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
            cache_dir: str | Path | None = None, download: bool = False,
            device: str = "auto", tf32: bool = False, method: str = "auto",
            transforms: Transforms = "none", prior: PriorSpec = "none",
-           robust: Robust | None = None, progress: bool = True) -> Inversion:
+           robust: Robust | None = None, kinks: Kinks | None = None,
+           progress: bool = True) -> Inversion:
     """Grad-IFV for the user's realizations: the predicted objectives x* of Opt. (3).
 
     ``images``: paths (.pt, .npy, .png) or tensors/arrays in [0, 1], each one image (C, H, W)
@@ -206,24 +215,29 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
     inverts them (docs/robust-ifv.md) with the options ``robust`` (default ``Robust()``: K =
     32 transform samples of their own seed, the relative-stationarity estimator), and
     ``residual`` is its relative stationarity of the mean gradient (``next_residual`` NaN).
-    The result's tensors are on the CPU.
+    ``kinks``: the tangent condition at kinks of a ReLU / max-pooling network (default
+    ``Kinks()``; ``Kinks(samples=0)``: plain Opt. (3); docs/kinks.md). The result's tensors
+    are on the CPU.
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
                      cache_dir=cache_dir, download=download, size=size, device=device,
                      tf32=tf32, transforms=transforms, prior=prior)
     return invert_setting(images, s, critical, critical_dim=critical_dim, input=input,
-                          method=method, robust=robust, progress=progress)
+                          method=method, robust=robust, kinks=kinks, progress=progress)
 
 
 def invert_setting(images: Source | Sequence[Source], s: Setting,
                    critical: str | Path | Tensor | None = None, *,
                    critical_dim: int | None = None, input: str = "image",
                    method: str = "auto", robust: Robust | None = None,
-                   fv: FVSettings | None = None, seed: int = 0,
-                   progress: bool = True) -> Inversion:
+                   kinks: Kinks | None = None, fv: FVSettings | None = None, seed: int = 0,
+                   progress: bool = True, critical_key: str = "critical") -> Inversion:
     """``invert`` for a validated ``Setting`` (``ifv invert`` builds one from its config).
     ``fv`` and ``seed``: how ifv's FV made the realizations, for ``robust.draws="fv"`` (the
-    robust solver then uses FV's own L-BFGS draws, ``ifv.fv.lbfgs_draws``)."""
+    robust solver then uses FV's own L-BFGS draws, ``ifv.fv.lbfgs_draws``);
+    ``critical_key``: the option that names ``critical``, for the messages. The images and
+    the critical space (of a zoo model) are read and checked before the network is
+    loaded."""
     choice("input", input, INPUTS)
     choice("jacobian.method", method, METHODS)
     if input == "image":
@@ -240,12 +254,18 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
             raise UserError("input=params with an nn.Module needs size=(H, W) of its input")
         size = s.size
         v, sources = load_params(images, s.parametrization().shape)
+    # a zoo model's n_f is known without its network: the critical space is checked first
+    n_f = len(s.features(s.spec.layers[s.layer])) if s.spec is not None else None
+    basis = None if n_f is None else _basis(critical, critical_dim, n_f, s, critical_key)
     bound = s.bind(size, progress=progress)
-    basis = _basis(critical, critical_dim, bound.n_f, s).to(bound.device)
+    if basis is None:
+        basis = _basis(critical, critical_dim, bound.n_f, s, critical_key)
+    basis = basis.to(bound.device)
     rb = robust or Robust()
+    kinks = Kinks() if kinks is None else kinks
     with float32_precision(s.tf32):
-        y, gram = response_and_gram(bound.response, v.to(bound.like()), method=method,
-                                    progress=progress)
+        y, _, gram, kink_dim = response_and_grams(bound.response, v.to(bound.like()), kinks,
+                                                  method=method, progress=progress)
         if bound.robust:
             x_pred, residual, next_residual = _invert_robust(bound, v.to(bound.like()), basis,
                                                              rb, fv, seed)
@@ -253,8 +273,8 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
         x_pred, _ = solve(y, gram, s.k, basis)
         residual = relative_residual(x_pred, y, gram, s.k)
         next_residual = _next_residual(y, gram, s.k, basis)
-    x_pred, y, gram, residual, next_residual = to(
-        (x_pred, y, gram, residual, next_residual), "cpu")
+    x_pred, y, gram, residual, next_residual, kink_dim = to(
+        (x_pred, y, gram, residual, next_residual, kink_dim), "cpu")
     settings = {"model": s.model_name, "weights": s.weights, "layer": s.layer,
                 "n_f": bound.n_f, "aggregation": s.aggregation, "k": s.k, "param": s.param,
                 "input": input, "device": str(bound.device), "tf32": s.tf32,
@@ -264,10 +284,11 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
                 "inversion": (rb.options(bound.transform is not None, fv)
                               | {"seed": rb.source(fv, seed)[2],
                                  "tol": rb.tol, "max_iter": rb.max_iter}
-                              if bound.robust else None)}
+                              if bound.robust else None),
+                "kinks": asdict(kinks)}
     return Inversion(x_pred=x_pred, y=y, gram=gram, residual=residual,
                      next_residual=next_residual, features=bound.features,
-                     sources=sources, settings=settings)
+                     sources=sources, kink_dim=kink_dim, settings=settings)
 
 
 def _invert_robust(bound: Any, v: Tensor, basis: Tensor, rb: Robust, fv: FVSettings | None,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import warnings
 from collections import Counter
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf, open_dict
 
 from ifv.config import CONF, choices, compose, one_line, open_train
 from ifv.errors import UserError
-from ifv.store import StageCache, check_writable
+from ifv.store import StageCache, check_file, check_outputs, check_writable
 
 USAGE = """\
 usage: ifv COMMAND [hydra overrides]
@@ -39,6 +40,7 @@ commands:
                              network A against B: FV on A, Grad-IFV on B, the matching
                              beside the correlation baseline; `ifv compare --help`
   --help                     this text; `ifv run --help` shows the composed config
+  --version                  the installed version
 
 examples:
   ifv run                                   # the simple case on the offline DenseNet
@@ -122,7 +124,8 @@ def _jobs(overrides: list[str]) -> tuple[Any, dict[str, str], int]:
                 Experiment.from_config(one)
             except UserError as exc:
                 where = " ".join(f"{k}={v}" for k, v in zip(keys, point, strict=True))
-                raise UserError(f"{where}: {exc}" if where else str(exc)) from None
+                named = not where or str(exc).startswith(where)  # the message names the point
+                raise UserError(str(exc) if named else f"{where}: {exc}") from None
             n_jobs += 1
         if first is None:
             first, carried = cfg, sweep
@@ -159,6 +162,8 @@ def cmd_run(args: list[str]) -> int:
     """
     import hydra
 
+    from ifv.pipeline import outputs
+
     if not any(a in _HELP for a in args):
         overrides = [a for a in args if not a.startswith("-")]
         cfg, carried, n_jobs = _jobs(overrides)
@@ -170,8 +175,10 @@ def cmd_run(args: list[str]) -> int:
         multirun = n_jobs > 1 or bool(carried) or any(a in ("-m", "--multirun") for a in args)
         if multirun:
             args = ["-m", *[a for a in args if a not in ("-m", "--multirun")]]
-        check_writable(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir,
-                       "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        if multirun:  # each job checks its own folder (ifv.pipeline.run)
+            check_writable(cfg.hydra.sweep.dir, "hydra.sweep.dir")
+        else:
+            check_outputs(cfg.hydra.run.dir, outputs(cfg.figures), "hydra.run.dir")
         check_writable(StageCache(cfg.stage_cache).root, "stage_cache")
     main = hydra.main(config_path=str(CONF), config_name="config", version_base=None)(_run_task)
     sys.argv = ["ifv run", *open_train(args)]
@@ -192,9 +199,11 @@ def cmd_train(args: list[str]) -> int:
     m = cfg.model
     spec = get_spec(m.name).with_recipe(**OmegaConf.to_container(m.train, resolve=True))
     device = resolve(cfg.device)
-    check_writable(spec.checkpoint(m.cache_dir).parent, "the model cache")
+    check_outputs(spec.checkpoint(m.cache_dir).parent,
+                  [p.name for p in spec.checkpoint_files(m.cache_dir)], "the model cache")
     rec = train(spec, m.cache_dir, progress=cfg.progress, data_root=m.data.root,
-                download=m.data.download, device=str(device))
+                download=m.data.download, device=str(device),
+                log=lambda line: print(line, flush=True))
     print(f"trained {rec['model']} ({rec['tier']} tier) in {rec['train_seconds']:.0f} s "
           f"on {rec['device']} ({rec['n_train']} training images)")
     if rec.get("task") == "superres":
@@ -275,7 +284,7 @@ and keys of its own:
 def cmd_invert(args: list[str]) -> int:
     """`ifv invert IMAGE... [KEY=VALUE ...]`: Grad-IFV (Opt. (3)) on the user's images."""
     from ifv.api import invert_setting
-    from ifv.setting import Robust, Setting, count, fv_settings
+    from ifv.setting import Robust, Setting, count, fv_settings, kinks_options
     from ifv.store import write_json
 
     if any(a in ("-h", "--help") for a in args):
@@ -293,21 +302,27 @@ def cmd_invert(args: list[str]) -> int:
     top = count("invert.top", inv.top, 1)
     if inv.critical_dim is not None:
         count("invert.critical_dim", inv.critical_dim, 1)
-    check_writable(Path(inv.out).expanduser().parent, "the folder of invert.out")
+    check_file(inv.out, "invert.out")
     res = invert_setting(images, Setting.from_config(cfg), inv.critical,
                          critical_dim=inv.critical_dim, input=inv.input,
                          method=cfg.jacobian.method, robust=Robust.from_config(cfg.inversion),
+                         kinks=kinks_options(cfg.kinks),
                          fv=fv_settings(cfg.fv) if cfg.inversion.draws == "fv" else None,
-                         seed=count("seed", cfg.seed), progress=cfg.progress)
+                         seed=count("seed", cfg.seed), progress=cfg.progress,
+                         critical_key="invert.critical")
     s = res.settings
     per_file = Counter(f for f, _ in res.sources)
     print(f"Grad-IFV on {s['model']}.{s['layer']}: {s['n_f']} features, {s['aggregation']}, "
           f"k={s['k']:g}, P_{s['param']['name']}, dim C = {s['critical_dim']}"
           + (f"; robust: transforms {s['transforms']}, prior {s['prior']['name']}, "
-             f"K = {s['inversion']['samples']}" if s["inversion"] else ""))
-    for (src, idx), best, r, nxt in zip(res.sources, res.top(top), res.residual.tolist(),
-                                        res.next_residual.tolist(), strict=True):
-        print(f"{src}{f'[{idx}]' if per_file[src] > 1 else ''}: residual {r:.2e} (next {nxt:.2e})")
+             f"K = {s['inversion']['samples']}" if s["inversion"] else "")
+          + (f"; tangent condition at kinks, K = {s['kinks']['samples']}"
+             if s["kinks"]["samples"] else ""))
+    for (src, idx), best, r, nxt, dim in zip(res.sources, res.top(top), res.residual.tolist(),
+                                             res.next_residual.tolist(),
+                                             res.kink_dim.tolist(), strict=True):
+        print(f"{src}{f'[{idx}]' if per_file[src] > 1 else ''}: residual {r:.2e} (next "
+              f"{nxt:.2e})" + (f", dim N {dim}" if s["kinks"]["samples"] else ""))
         for feature, weight in best:
             print(f"  feature {feature:5d}  {weight:+.4f}")
     out = write_json(inv.out, res.to_dict(top))
@@ -343,7 +358,7 @@ def cmd_compare(args: list[str]) -> int:
     FV on A and Grad-IFV on B (``ifv.comparison``)."""
     import time
 
-    from ifv.comparison import compare, report, write
+    from ifv.comparison import FILES, compare, report, write
     from ifv.setting import Experiment, Setting, _plain
 
     if any(a in ("-h", "--help") for a in args):
@@ -366,15 +381,19 @@ def cmd_compare(args: list[str]) -> int:
             raise UserError("which B? give comparison=NAME (ifv list), compare.planted="
                             "permuted|rescaled, or B's own compare.b_model / compare.b_train")
         f = cfg.features
-        features = _plain(c.b_features if c.b_features is not None else
-                          f.indices if f.indices is not None else f.n)
-        b = Setting.make(c.b_model or cfg.model.name, c.b_layer or cfg.layer, features,
-                         cfg.aggregation.name, cfg.k, _plain(cfg.param), weights=c.b_weights,
-                         cache_dir=cfg.model.cache_dir, train=_plain(c.b_train),
-                         device=cfg.device, tf32=cfg.tf32, transforms=a.transforms,
-                         prior=a.prior)
+        features, features_key = (
+            (c.b_features, "compare.b_features") if c.b_features is not None else
+            (f.indices, "features.indices") if f.indices is not None else (f.n, "features.n"))
+        keys = {"model": "compare.b_model" if c.b_model else "model",
+                "layer": "compare.b_layer" if c.b_layer else "layer",
+                "features": features_key, "weights": "compare.b_weights"}
+        b = Setting.make(c.b_model or cfg.model.name, c.b_layer or cfg.layer,
+                         _plain(features), cfg.aggregation.name, cfg.k, _plain(cfg.param),
+                         weights=c.b_weights, cache_dir=cfg.model.cache_dir,
+                         train=_plain(c.b_train), device=cfg.device, tf32=cfg.tf32,
+                         transforms=a.transforms, prior=a.prior, keys=keys)
     out = Path(c.out or f"outputs/compare/{c.name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    check_writable(out, "compare.out")
+    check_outputs(out, FILES, "compare.out")
     cache = StageCache(cfg.stage_cache).root
     check_writable(cache, "stage_cache")
     comp = compare(a, b, planted=c.planted, scale=c.scale, objectives=_plain(c.objectives),
@@ -382,7 +401,7 @@ def cmd_compare(args: list[str]) -> int:
                    n_images=c.n_images, pairs=c.pairs, seed=exp.seed,
                    max_residual=c.max_residual, max_ratio=c.max_ratio, min_share=c.min_share,
                    method=exp.jacobian_method, max_bytes=exp.jacobian_max_bytes, cache=cache,
-                   progress=cfg.progress, robust=exp.robust)
+                   progress=cfg.progress, robust=exp.robust, kinks=exp.kinks)
     comp.settings["name"] = c.name  # what `make collect` files the comparison under
     paths = write(comp, out)
     print(report(comp.summary()))
@@ -394,12 +413,44 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "invert": cmd_
             "compare": cmd_compare}
 
 
+def version() -> str:
+    """``ifv VERSION``, from the installed package's metadata."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return f"ifv {dist_version('ifv')}"
+    except PackageNotFoundError:
+        return "ifv (not installed: no package metadata)"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so that the interpreter's final
+    flush does not fail again (Python's documented handling of SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ifv`` command."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point of the ``ifv`` command. Output into a pipe whose reader has closed (``ifv
+    list | head -3``) ends the command quietly, with status 0."""
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(version())
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         print(f"ifv: error: unknown command {cmd!r}; valid: {', '.join(COMMANDS)}",

@@ -66,10 +66,13 @@ from ifv.errors import UserError
 from ifv.fv import FVSettings, realize
 from ifv.images import Source, load_images
 from ifv.inverse import solve, unit, z_k, z_k_inv
-from ifv.jacobian import METHODS, response_and_gram
+from ifv.jacobian import METHODS
+from ifv.kink import Kinks, response_and_grams
 from ifv.metrics import angular_distance, relative_residual
+from ifv.models.registry import ModelSpec
 from ifv.sampling import canonical, sample_targets
 from ifv.setting import Bound, Robust, Setting, choice, count, describe_transforms, number
+from ifv.setting import share as in_unit
 from ifv.store import StageCache
 
 PLANTED = ("permuted", "rescaled")
@@ -114,22 +117,28 @@ def _gn_branch_ends(block: nn.Module) -> list[nn.Module]:
     return ends
 
 
-def planted_layers(net: nn.Module) -> list[str]:
-    """The layers of ``net`` whose channels ``planted_copy`` can permute."""
-    if _is_densenet(net):
-        return [n for n in ("dense1", "dense2", "dense3") if hasattr(net, n)]
-    if _is_googlenet(net):
+def planted_layers(net: nn.Module | ModelSpec) -> list[str]:
+    """The layers of ``net`` (a network, or a zoo entry before it is loaded) whose channels
+    ``planted_copy`` can permute."""
+    if isinstance(net, ModelSpec):
+        arch, names = net.arch, set(net.layers)
+    else:
+        arch = "densenet_bc" if _is_densenet(net) else "googlenet" if _is_googlenet(net) else ""
+        names = {n for n, _ in net.named_children()}
+    if arch == "densenet_bc":
+        return [n for n in ("dense1", "dense2", "dense3") if n in names]
+    if arch == "googlenet":
         from ifv.models.googlenet import ORDER
 
         return [n for n in ORDER if n.startswith("inception")]
     return []
 
 
-def _check_layer(net: nn.Module, layer: str) -> None:
+def _check_layer(net: nn.Module | ModelSpec, layer: str) -> None:
     valid = planted_layers(net)
     if not valid:
         raise UserError(f"planted copies are made of DenseNet-BC and GoogLeNet zoo models, not "
-                        f"{type(net).__name__}")
+                        f"{net.name if isinstance(net, ModelSpec) else type(net).__name__}")
     if layer not in valid:
         raise UserError(f"planted copies permute the channels of {', '.join(valid)}, not "
                         f"{layer!r}")
@@ -547,7 +556,8 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
             n_images: int = 256, pairs: int = 16, seed: int = 0, max_residual: float = 0.1,
             min_share: float = 0.5, max_ratio: float = 0.5, method: str = "auto",
             max_bytes: int = 1 << 30, cache: str | Path | None = None, progress: bool = True,
-            robust: Robust | None = None, log: Log = print) -> Comparison:
+            robust: Robust | None = None, kinks: Kinks | None = None,
+            log: Log = print) -> Comparison:
     """Compare network A with network B through FV on A and Grad-IFV on B (module docs).
 
     ``a``: A's setting (``ifv.Setting.make``: model, layer, features, aggregation, k, P);
@@ -566,7 +576,8 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
     cache folder for FV (None: none). With A's ``transforms`` or ``prior`` (robust FV,
     docs/robust-ifv.md) FV on A runs under them and the robust solver inverts on A and on B
     with the options ``robust`` (default ``Robust()``; B's setting must name the same
-    transforms and prior, a planted B gets A's).
+    transforms and prior, a planted B gets A's). ``kinks``: the tangent condition at kinks
+    on A and B (default ``Kinks()``; ``Kinks(samples=0)``: plain Opt. (3); docs/kinks.md).
     """
     if planted is not None:
         choice("compare.planted", planted, PLANTED)
@@ -578,7 +589,7 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
     pairs = count("compare.pairs", pairs)
     seed = count("seed", seed)
     max_residual = number("compare.max_residual", max_residual)
-    min_share = number("compare.min_share", min_share)
+    min_share = in_unit("compare.min_share", min_share)
     max_ratio = number("compare.max_ratio", max_ratio)
     choice("jacobian.method", method, METHODS)
     if a.size is None:
@@ -590,17 +601,24 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
     if b is not None and (b.size != a.size or b.param != a.param):
         raise UserError(f"B must take A's inputs: size {a.size} and P {a.param}, got size "
                         f"{b.size} and P {b.param}")
+    if a.spec is not None:  # known without A's network: checked before any work
+        _objective_rows(objectives, len(a.features(a.spec.layers[a.layer])))
+        if planted is not None:
+            _check_layer(a.spec, a.layer)
+    pictures = _baseline_images(images, n_images, a)  # files read and checked before work
     with float32_precision(a.tf32):
-        return _compare(a, b, planted, scale, objectives, n_random, fv or FVSettings(), images,
-                        n_images, pairs, seed, (max_residual, max_ratio, min_share), method,
-                        max_bytes, cache, progress, robust or Robust(), log)
+        return _compare(a, b, planted, scale, objectives, n_random, fv or FVSettings(), pictures,
+                        pairs, seed, (max_residual, max_ratio, min_share), method,
+                        max_bytes, cache, progress, robust or Robust(),
+                        Kinks() if kinks is None else kinks, log)
 
 
 def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
              objectives: int | str, n_random: int, fv: FVSettings,
-             images: Source | Sequence[Source] | None, n_images: int, pairs: int, seed: int,
+             pictures: tuple[Tensor, str], pairs: int, seed: int,
              limits: tuple[float, float, float], method: str, max_bytes: int,
-             cache: str | Path | None, progress: bool, rb: Robust, log: Log) -> Comparison:
+             cache: str | Path | None, progress: bool, rb: Robust, kinks: Kinks,
+             log: Log) -> Comparison:
     bound_a = a.bind(progress=progress, log=log)
     n_a = bound_a.n_f
     rows = _objective_rows(objectives, n_a)
@@ -635,8 +653,9 @@ def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
 
     v = _realize(bound_a, targets, fv, seed, cache, progress, log, "FV on A",
                  {"targets": [rows, n_random, seed]})
-    y_a, x_a, res_a, _ = _invert(bound_a, v, method, max_bytes, progress, rb, fv, seed)
-    y_b, x_b, res_b, next_b = _invert(bound_b, v, method, max_bytes, progress, rb, fv, seed)
+    y_a, x_a, res_a, _ = _invert(bound_a, v, method, max_bytes, progress, rb, kinks, fv, seed)
+    y_b, x_b, res_b, next_b = _invert(bound_b, v, method, max_bytes, progress, rb, kinks, fv,
+                                      seed)
     y_a, x_a, res_a, y_b, x_b, res_b, next_b = to((y_a, x_a, res_a, y_b, x_b, res_b, next_b),
                                                   "cpu")
     max_residual, max_ratio, min_share = limits
@@ -649,7 +668,7 @@ def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
     share = shares(x_b, match)
     confident = near & determined & (share >= min_share) & is_can
 
-    pics = _baseline_images(images, n_images, a)
+    pics, pics_kind = pictures
     corr = correlation(_activations(bound_a, pics), _activations(bound_b, pics))
     baseline = torch.full((len(targets),), -1, dtype=torch.long)
     if rows:
@@ -691,7 +710,8 @@ def _compare(a: Setting, b: Setting | None, planted: str | None, scale: float,
         "objectives": objectives, "n_random": n_random, "fv": asdict(fv), "seed": seed,
         "transforms": describe_transforms(a.transforms), "prior": a.prior,
         "inversion": rb.options(bound_a.transform is not None, fv) if robust else None,
-        "baseline_images": "patterns" if images is None else "given",
+        "kinks": asdict(kinks),
+        "baseline_images": pics_kind,
         "n_baseline_images": len(pics), "max_residual": max_residual, "max_ratio": max_ratio,
         "min_share": min_share,
         "device": str(bound_a.device)}
@@ -716,16 +736,24 @@ def _describe(s: Setting, bound: Bound) -> dict[str, Any]:
             "features": bound.features}
 
 
-def _baseline_images(images: Source | Sequence[Source] | None, n: int, a: Setting) -> Tensor:
+def _baseline_images(images: Source | Sequence[Source] | None, n: int, a: Setting
+                     ) -> tuple[Tensor, str]:
+    """The baseline's images (N, 3, H, W) and where they come from: ``n`` procedural
+    patterns, or the files and tensors of ``images`` (``compare.images``), read and checked
+    (shape, range, at least 2)."""
     if images is None:
         from ifv.data.patterns import make_patterns
 
         assert a.size is not None
-        return make_patterns(n, seed=PATTERN_SEED, size=a.size[0])[0]
-    pics, _ = load_images(images, 3, a.size)
+        return make_patterns(n, seed=PATTERN_SEED, size=a.size[0])[0], "patterns"
+    try:
+        pics, _ = load_images(images, 3, a.size)
+    except UserError as exc:
+        raise UserError(f"compare.images: {exc}") from None
     if len(pics) < 2:
-        raise UserError("the baseline needs at least 2 images")
-    return pics.float()
+        raise UserError(f"compare.images holds {len(pics)} image; the baseline needs at "
+                        "least 2")
+    return pics.float(), "given"
 
 
 def _pair_rows(comp: Comparison, pairs: int) -> list[int]:
@@ -739,15 +767,17 @@ def _pair_rows(comp: Comparison, pairs: int) -> list[int]:
 
 
 def _invert(bound: Bound, v: Tensor, method: str, max_bytes: int, progress: bool,
-            rb: Robust, fv: FVSettings, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            rb: Robust, kinks: Kinks, fv: FVSettings, seed: int
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """y, x*, its residual and the runner-up's for realizations v on ``bound``: plain
-    Grad-IFV (Opt. (3), relative residuals), or where ``bound`` is robust FV the robust
-    solver (``ifv.api`` with ``rb`` and FV's ``fv`` and ``seed``; relative stationarity)."""
+    Grad-IFV (Opt. (3) with the tangent condition of ``kinks``, relative residuals), or
+    where ``bound`` is robust FV the robust solver (``ifv.api`` with ``rb`` and FV's ``fv``
+    and ``seed``; relative stationarity)."""
     from ifv.api import _invert_robust, _next_residual
     from ifv.inverse import full_space
 
-    y, g = response_and_gram(bound.response, v, method=method, max_bytes=max_bytes,
-                             progress=progress)
+    y, _, g, _ = response_and_grams(bound.response, v, kinks, method=method,
+                                    max_bytes=max_bytes, progress=progress)
     basis = full_space(bound.n_f, y.device)
     if bound.robust:
         x, res, nxt = _invert_robust(bound, v, basis, rb, fv, seed)

@@ -115,6 +115,15 @@ class InversionConf:
 
 
 @dataclass
+class KinksConf:                         # Grad-IFV at kinks (ifv.kink, docs/kinks.md)
+    samples: int = 4                     # directions K of the second differences; 0: off
+    sigma: float = 1.0e-3                # their step in P's variables v
+    rho: float = 1.0e-3                  # a switch normal's least singular value / ||Dy||_2
+    seed: int = 0                        # the directions' seed
+    rows: int = 64                       # rows of each second difference (random combos)
+
+
+@dataclass
 class InvertConf:
     input: str = "image"                 # image, or params (P's variables v)
     critical: str | None = None          # a run's critical.parquet
@@ -174,6 +183,7 @@ class Config:
     transforms: TransformsConf = field(default_factory=TransformsConf)
     prior: PriorConf = field(default_factory=PriorConf)
     inversion: InversionConf = field(default_factory=InversionConf)
+    kinks: KinksConf = field(default_factory=KinksConf)
 
 
 def register() -> None:

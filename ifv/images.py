@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ifv.errors import UserError
 from ifv.param import FFT, Parametrization
+from ifv.store import Refused, load_tensors
 
 FORMATS = (".pt", ".npy", ".png")
 # parametrizations whose variables follow from the image alone (P is invertible on (0, 1))
@@ -43,7 +44,7 @@ def read_array(path: str | Path) -> Tensor:
         raise UserError(f"{path}: no such file")
     try:
         if suffix == ".pt":
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_tensors(path)
             if not isinstance(data, Tensor):
                 raise UserError(f"{path}: holds a {type(data).__name__}, not a tensor; save "
                                 "one tensor with torch.save(tensor, path)")
@@ -56,6 +57,9 @@ def read_array(path: str | Path) -> Tensor:
         return _read_png(path)
     except UserError:
         raise
+    except Refused as why:
+        raise UserError(f"{path}: cannot read it as .pt: {why}; save one tensor with "
+                        "torch.save(tensor, path)") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure is one line for the user
         raise UserError(f"{path}: cannot read it as {suffix} "
                         f"({exc.__class__.__name__}: {(str(exc).strip().splitlines() or [''])[0]})"

@@ -1,8 +1,9 @@
 """Parametrizations P: R^{n_p} -> input domain (Sec. 2, 3.2, 3.7).
 
 Every parametrization maps a batch of variables v: (B, *shape) to network inputs and has
-``name``, ``shape``, ``n_p`` (= prod(shape)), ``init(n, generator)``, ``__call__(v)`` (the
-network input) and ``render(v)`` (what SSIM compares and figures show, in [0, 1]).
+``name``, ``shape``, ``channels`` (of the network input it makes), ``n_p`` (= prod(shape)),
+``init(n, generator)``, ``__call__(v)`` (the network input) and ``render(v)`` (what SSIM
+compares and figures show, in [0, 1]).
 
 - ``rgb``: P_rgb, sigmoid of per-pixel logits (Sec. 3.2).
 - ``fft``: P_fft, inverse FFT of the per-channel Fourier coefficients, then the sigmoid
@@ -29,6 +30,7 @@ class Parametrization(Protocol):
 
     name: str
     shape: tuple[int, ...]
+    channels: int
 
     @property
     def n_p(self) -> int: ...
@@ -47,6 +49,7 @@ class RGB:
     """
 
     name = "rgb"
+    channels = 3
 
     def __init__(self, height: int, width: int, init_std: float = 0.01) -> None:
         self.shape = (3, height, width)
@@ -104,6 +107,7 @@ class FFT:
     """
 
     name = "fft"
+    channels = 3
 
     def __init__(self, height: int, width: int, init_std: float = 0.01) -> None:
         self.height, self.width = height, width
@@ -194,6 +198,8 @@ class Geometry:
     - mask = 1 (``"fixed"``, no variables) or tanh(m) in [-1, 1] (``"free"``): a continuous
       relaxation of SRNet's binary {-1, 1} mask.
     """
+
+    channels = 5  # mask, n_x, n_y, n_z, depth
 
     def __init__(self, height: int, width: int, mask: str = "fixed",
                  init_std: float = 0.01) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ifv.critical import CriticalSpace, complement, critical_space, rho_search
 from ifv.device import float32_precision, precision_key, synchronize, to
 from ifv.fv import realize
 from ifv.inverse import full_space, solve, unit
-from ifv.jacobian import response_and_gram
+from ifv.kink import response_and_grams
 from ifv.metrics import (
     alpha_coefficients,
     angular_distance,
@@ -43,11 +44,28 @@ from ifv.results import critical_frame, results_frame
 from ifv.robust import prior_weight, quantities, solve_quantities
 from ifv.sampling import hoyer, sample_targets
 from ifv.setting import Experiment, describe_transforms
-from ifv.store import Parts, StageCache, atomic_write, check_writable, content_key
+from ifv.store import (
+    Parts,
+    StageCache,
+    atomic_write,
+    check_outputs,
+    check_writable,
+    content_key,
+)
 
 STAGE_VERSION = {"realizations": 2, "jacobian": 2, "reopt": 3, "robust": 1}
 # realizations kept as images (images.npz) for Fig. 4 and the difference maps of Fig. S2
 N_IMAGES = 16
+TABLES = ("results.parquet", "critical.parquet", "images.npz")
+
+
+def outputs(figures: bool = True) -> tuple[str, ...]:
+    """The files a run writes into its folder (with ``figures``, its PNGs too)."""
+    if not figures:
+        return TABLES
+    from ifv.plots import RUN_FIGURES
+
+    return TABLES + RUN_FIGURES
 
 
 def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None = None,
@@ -65,7 +83,7 @@ def run(exp: Experiment, out_dir: str | Path, *, stage_cache: str | Path | None 
 def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progress: bool,
          figures: bool, log: Callable[[str], None]) -> pd.DataFrame:
     cache = StageCache(stage_cache, log)
-    check_writable(out_dir, "the run's output folder")
+    check_outputs(out_dir, outputs(figures), "the run's output folder")
     check_writable(cache.root, "stage_cache")
     s = exp.setting
     assert s.spec is not None
@@ -100,6 +118,8 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     real = stage("realizations", real_key, realizations)
     v = real["v"]
 
+    kinks = exp.kinks
+
     def jacobians(parts: Parts) -> dict[str, Any]:
         done = []
         for start in range(0, n, exp.jacobian_batch):  # a part each
@@ -107,18 +127,22 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
             part = parts.load(start, stop)
             if part is None:
                 t0 = time.perf_counter()
-                y, gram = response_and_gram(response, v[start:stop],
-                                            method=exp.jacobian_method,
-                                            max_bytes=exp.jacobian_max_bytes, progress=progress)
+                y, plain, gram, dim = response_and_grams(
+                    response, v[start:stop], kinks, method=exp.jacobian_method,
+                    max_bytes=exp.jacobian_max_bytes, progress=progress)
                 synchronize(dev)
                 part = {"y": y, "gram": gram, "seconds": time.perf_counter() - t0}
+                if kinks.on:
+                    part |= {"gram_plain": plain, "kink_dim": dim}
                 parts.save(start, stop, part)
             done.append(to(part, dev))
-        return {"y": torch.cat([p["y"] for p in done]),
-                "gram": torch.cat([p["gram"] for p in done]),
-                "seconds": sum(float(p["seconds"]) for p in done)}
+        out = {name: torch.cat([p[name] for p in done]) for name in done[0]
+               if name != "seconds"}
+        return {**out, "seconds": sum(float(p["seconds"]) for p in done)}
 
-    jac = stage("jacobian", {"realizations": real_key}, jacobians)
+    # the tangent condition's settings key the stage only where it is on (docs/kinks.md)
+    jac = stage("jacobian", {"realizations": real_key,
+                             **({"kinks": asdict(kinks)} if kinks.on else {})}, jacobians)
     finite = (torch.isfinite(v.flatten(1)).all(1) & torch.isfinite(jac["y"]).all(1)
               & torch.isfinite(jac["gram"].flatten(1)).all(1))
     if not bool(finite.all()):
@@ -131,6 +155,8 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     gram = torch.where(finite[:, None, None], jac["gram"],
                        torch.eye(bound.n_f, dtype=jac["gram"].dtype, device=dev))
 
+    plain_gram = torch.where(finite[:, None, None], jac.get("gram_plain", jac["gram"]), gram)
+    kink_dim = jac.get("kink_dim", torch.zeros(n, dtype=torch.long, device=dev))
     spaces = critical_candidates(exp, gram[finite], log)
     t0 = time.perf_counter()
     preds = [solve(y, gram, s.k, sp.basis)[0] for sp in spaces]
@@ -183,7 +209,9 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
                   "seed": exp.seed, "n_p": param.n_p,
                   "transforms": describe_transforms(s.transforms), "prior": s.prior["name"],
                   "prior_weight": s.prior["weight"],
-                  **exp.robust.record(bound.transform is not None, exp.fv)}
+                  **exp.robust.record(bound.transform is not None, exp.fv),
+                  "kinks_samples": exp.kinks.samples, "kinks_sigma": exp.kinks.sigma,
+                  "kinks_rho": exp.kinks.rho}
     samples = {
         "sample": np.arange(n),
         "canonical": canonical.numpy(),
@@ -199,6 +227,8 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
         "ssim_random": host(re["ssim_random"]),
         "stable": host(re["ssim_target"] >= exp.stable_ssim),
         "rel_residual": flagged(relative_residual(x, y, gram, s.k)),
+        "rel_residual_plain": flagged(relative_residual(x, y, plain_gram, s.k)),
+        "kink_dim": host(kink_dim),
         "grad_norm": host(real["grad_norm"].double()),
         "lbfgs_iters": host(real["iters"]),
         "t_fv": float(real["seconds"]) / n,
@@ -210,6 +240,8 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     }
     per_space = [{"critical_dim": sp.dim, "rho_min": sp.rho_min, "rho_max": sp.rho_max,
                   "angle_pred": flagged(projected_angle(x, x_pred, y, s.k, sp.basis)),
+                  "angle_plain": flagged(projected_angle(
+                      x, solve(y, plain_gram, s.k, sp.basis)[0], y, s.k, sp.basis)),
                   "crit_fraction": flagged(critical_fraction(x, y, s.k, sp.basis)),
                   "ssim_pred": host(re[f"ssim_pred{i}"]),
                   "prediction": list(flagged(x_pred))}
@@ -361,6 +393,9 @@ def summary(df: pd.DataFrame) -> str:
         f"random {med.ssim_random:.3f}",
         f"median relative residual ||x^T Z Dy||/||Z Dy||: {med.rel_residual:.2e}",
     ]
+    if (df.kinks_samples > 0).any():
+        lines.append(f"kinks (docs/kinks.md): median dim N {med.kink_dim:.0f}; plain Opt. (3) "
+                     f"{med.angle_plain:.1f} deg, relative residual {med.rel_residual_plain:.2e}")
     if (df.transforms != "none").any() or (df.prior != "none").any():
         lines.append(f"robust FV (transforms {df.transforms.iloc[0]}, prior "
                      f"{df.prior.iloc[0]}): median angle robust {med.angle_robust:.1f} deg "

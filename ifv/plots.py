@@ -539,6 +539,11 @@ def _render(size: Size, draw: Callable[[Figure], object]) -> Figure:
     return fig
 
 
+# the files ``run_figures`` may write
+RUN_FIGURES = ("realizations.png", "angle_ssim.png", "alpha.png", "ssim_kde.png",
+               "angle_ssim_spaces.png")
+
+
 def run_figures(df: pd.DataFrame, images: Tensor, titles: list[str], out: Path) -> list[Path]:
     """The diagrams of one run in the folder ``out``: realizations.png, angle_ssim.png,
     alpha.png and ssim_kde.png of the best critical space, and angle_ssim_spaces.png (the

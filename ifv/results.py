@@ -42,6 +42,10 @@ RUN: dict[str, str] = {
                        "(inversion.seed's) or none (no transforms)",
     "inversion_estimator": "the robust solver's objective: relative (relative stationarity) "
                            "or mean (Opt. (3) on the mean gradient; always without transforms)",
+    "kinks_samples": "directions K of the tangent condition at kinks (docs/kinks.md); 0: off, "
+                     "plain Opt. (3)",
+    "kinks_sigma": "their step in P's variables",
+    "kinks_rho": "the least singular value of a switch normal, relative to ||Dy||_2",
 }
 # Columns that hold one value per sample, the same in every critical space.
 SAMPLE: dict[str, str] = {
@@ -60,8 +64,12 @@ SAMPLE: dict[str, str] = {
     "ssim_response": "the same w.r.t. the feature response",
     "ssim_random": "the same w.r.t. the random objective",
     "stable": "ssim_target >= reopt.stable_ssim (Supp. S4)",
-    "rel_residual": "||x^T Z_k Dy|| / ||Z_k Dy||_2 of the target: FV's convergence, 0 at an "
-                    "optimum",
+    "rel_residual": "||x^T Z_k Dy P_T|| / ||Z_k Dy P_T||_2 of the target (P_T = Id where kinks "
+                    "are off): FV's convergence, 0 at an optimum",
+    "rel_residual_plain": "the same with the unprojected Dy (Opt. (3)'s condition; equal to "
+                          "rel_residual where kinks are off or none was found)",
+    "kink_dim": "dim N: the switch normals found at the realization (0: none, or kinks off; "
+                "docs/kinks.md)",
     "grad_norm": "||grad_v f_x|| at the realization",
     "lbfgs_iters": "L-BFGS iterations the sample used",
     "t_fv": "FV seconds per sample",
@@ -77,7 +85,10 @@ SPACE: dict[str, str] = {
     "rho_min": "smallest rho of Algorithm 1 that yields this space (NaN for R^{n_f})",
     "rho_max": "largest such rho (NaN for R^{n_f})",
     "angle_pred": "angle between the target and the prediction x*, after projecting the "
-                  "target onto Z_k(y)^{-1} C (Sec. 3.5)",
+                  "target onto Z_k(y)^{-1} C (Sec. 3.5); x* of Opt. (3) with the tangent "
+                  "condition at kinks where kinks are on (docs/kinks.md)",
+    "angle_plain": "the same for plain Opt. (3) on the unprojected Dy (angle_pred where "
+                   "kinks are off)",
     "crit_fraction": "fraction of the target inside Z_k(y)^{-1} C",
     "ssim_pred": "SSIM of the realization and its re-optimization w.r.t. x*",
     "prediction": "the predicted objective x* (n_f,)",

@@ -17,6 +17,7 @@ options (docs/robust-ifv.md).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,14 @@ from ifv.device import resolve
 from ifv.errors import UserError
 from ifv.fv import FVSettings, lbfgs_draws, settings_key
 from ifv.jacobian import METHODS
+from ifv.kink import Kinks
 from ifv.models import check_layer, get_spec, load
 from ifv.models.registry import ModelSpec
 from ifv.objective import AGGREGATIONS, Response, ResponseFn, tap
 from ifv.param import PARAMS, Parametrization, make_param
 from ifv.prior import PRIORS, WEIGHTS, Prior
 from ifv.robust import ESTIMATORS, responses_under
-from ifv.store import check_writable
+from ifv.store import check_outputs
 from ifv.transform import (
     PRESETS,
     Jitter,
@@ -58,6 +60,9 @@ Log = Callable[[str], None]
 STEPS = ("pad", "jitter", "scale", "rotate")
 
 CANONICAL = ("half", "all")
+# the options a setting's messages name by default (``Setting.make``'s ``keys``)
+KEYS = {"model": "model", "layer": "layer", "features": "features",
+        "weights": "model.weights", "param": "param"}
 ORDERS = ("sequential", "pairwise", "random:SEED")
 
 
@@ -92,9 +97,10 @@ def share(key: str, value: Any) -> float:
     return float(value)
 
 
-def _selection(features: Any) -> int | str | tuple[int, ...]:
-    """A feature selection: the first N channels, ``"all"``, or explicit indices."""
-    bad = UserError(f"features must be a positive number, a list of indices or all, got "
+def _selection(features: Any, key: str = "features") -> int | str | tuple[int, ...]:
+    """A feature selection: the first N channels, ``"all"``, or explicit indices (integers;
+    ``key``: the option the user set, for the message)."""
+    bad = UserError(f"{key} must be a positive number, a list of indices or all, got "
                     f"{features!r}")
     if isinstance(features, str):
         if features != "all":
@@ -107,8 +113,10 @@ def _selection(features: Any) -> int | str | tuple[int, ...]:
             raise bad
         return features
     try:
-        return tuple(int(i) for i in features)
-    except (TypeError, ValueError):
+        if any(isinstance(i, bool) for i in features):
+            raise TypeError("a boolean is no index")
+        return tuple(operator.index(i) for i in features)
+    except TypeError:
         raise bad from None
 
 
@@ -284,7 +292,7 @@ class Setting:
              train: Mapping[str, Any] | None = None,
              size: Sequence[int] | None = None, device: str = "auto",
              tf32: bool = False, transforms: Transforms = "none",
-             prior: PriorSpec = "none") -> Setting:
+             prior: PriorSpec = "none", keys: Mapping[str, str] | None = None) -> Setting:
         """Validate everything that needs no network; raise ``UserError`` with what is valid.
 
         ``model``: a zoo name (``ifv list``) or an ``nn.Module`` in eval mode; ``train``:
@@ -292,8 +300,11 @@ class Setting:
         cuda or cuda:N (a module stays where it is: ``auto`` takes its device, another
         device must be its own); ``transforms``: none, standard (Lucid's set sized to the
         input), lucid, lucent or a list of steps ({pad: PX}, {jitter: PX}, {scale: [..]},
-        {rotate: [DEG, ..]}); ``prior``: none, l2, tv, blur or {name, weight}.
+        {rotate: [DEG, ..]}); ``prior``: none, l2, tv, blur or {name, weight}. ``keys``:
+        the options the user set for model, layer, features, weights and param, where they
+        are not these (e.g. ``compare.b_layer``), which the messages then name (``KEYS``).
         """
+        names = {**KEYS, **(keys or {})}
         if not isinstance(tf32, bool):
             raise UserError(f"tf32 must be true or false, got {tf32!r}")
         dev = resolve(device)
@@ -304,7 +315,7 @@ class Setting:
         for key, value in options.items():  # P's options are sizes and powers
             if key != "name":
                 number(f"param.{key}", value)
-        selection = _selection(features)
+        selection = _selection(features, names["features"])
         robust = {"transforms": _transforms(transforms), "prior": _prior(prior)}
         if size is not None:
             size = (count("size[0]", int(size[0]), 1), count("size[1]", int(size[1]), 1))
@@ -318,22 +329,24 @@ class Setting:
                                 f"with model.to({str(dev)!r}) or pass device={str(own)!r}")
             return cls(None, model, layer, selection, aggregation, options, k, size,
                        device=own, tf32=tf32, **robust)
-        spec = get_spec(str(model)).with_recipe(**dict(train or {}))
+        spec = get_spec(str(model), names["model"]).with_recipe(**dict(train or {}))
         channels = spec.layers.get(layer, 0)
-        check_layer(spec, layer, channels if selection == "all" else selection)
+        check_layer(spec, layer, channels if selection == "all" else selection,
+                    layer_key=names["layer"], features_key=names["features"])
         if size is not None and size != spec.input_size:
             raise UserError(f"{spec.name} takes {spec.input_size[0]}x{spec.input_size[1]} "
                             f"inputs, got size={size}")
         if weights is not None and str(weights) != "random" and not Path(
                 weights).expanduser().is_file():
-            raise UserError(f"no weights file {weights} (model.weights of {spec.name})")
+            raise UserError(f"no weights file {weights} ({names['weights']} of {spec.name})")
         setting = cls(spec, None, layer, selection, aggregation, options, k, spec.input_size,
                       weights=None if weights is None else str(weights),
                       cache_dir=None if cache_dir is None else str(cache_dir),
                       download=bool(download), device=dev, tf32=tf32, **robust)
-        setting.parametrization()  # P's options, checked before any work
+        _check_channels(setting.parametrization(), spec, names)  # P, checked before any work
         if weights is None and spec.tier == "offline" and not spec.checkpoint(cache_dir).exists():
-            check_writable(spec.checkpoint(cache_dir).parent, "the model cache")  # to train
+            check_outputs(spec.checkpoint(cache_dir).parent,  # to train it
+                          [p.name for p in spec.checkpoint_files(cache_dir)], "the model cache")
         return setting
 
     @classmethod
@@ -341,12 +354,14 @@ class Setting:
         """The setting of a composed config (``ifv.config``): model.*, layer, features.*,
         aggregation.name, param, k, device, tf32, transforms.*, prior.*."""
         m = cfg.model
-        features = cfg.features.indices if cfg.features.indices is not None else cfg.features.n
+        indices = cfg.features.indices is not None
+        features = cfg.features.indices if indices else cfg.features.n
         return cls.make(m.name, cfg.layer, _plain(features), cfg.aggregation.name, cfg.k,
                         _plain(cfg.param), weights=m.weights, cache_dir=m.cache_dir,
                         download=m.download, train=_plain(m.train), device=cfg.device,
                         tf32=cfg.tf32, transforms=_transforms_config(cfg.transforms),
-                        prior=_plain(cfg.prior))
+                        prior=_plain(cfg.prior),
+                        keys={"features": "features.indices" if indices else "features.n"})
 
     @property
     def model_name(self) -> str:
@@ -390,7 +405,7 @@ class Setting:
                 if not checkpoint.exists():
                     log(f"model {spec.name} is not in the model cache: training it (once)")
                     rec = train(spec, self.cache_dir, progress=progress,
-                                device=str(self.device))
+                                device=str(self.device), log=log)
                     log(f"trained {spec.name} in {rec['train_seconds']:.0f} s -> "
                         f"{rec['checkpoint']}")
         return load(spec, weights=self.weights, cache_dir=self.cache_dir,
@@ -421,6 +436,18 @@ class Setting:
             stat = path.stat()
             weights = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         return {"model": self.spec.name, "key": self.spec.key(), "weights": weights}
+
+
+def _check_channels(p: Parametrization, spec: ModelSpec, key: Mapping[str, str]) -> None:
+    """P must make the inputs the zoo model takes: as many channels (its size is the
+    model's by construction)."""
+    if p.channels == spec.in_channels:
+        return
+    h, w = spec.input_size
+    fits = [n for n in PARAMS if make_param(n, h, w).channels == spec.in_channels]
+    raise UserError(f"{key['param']}={p.name} makes {p.channels}-channel inputs, but "
+                    f"{key['model']}={spec.name} takes {spec.in_channels}-channel ones; valid "
+                    f"{key['param']} for {spec.name}: {', '.join(fits)}")
 
 
 def _like(net: nn.Module) -> Tensor:
@@ -569,6 +596,7 @@ class Experiment:
     jacobian_batch: int = 32
     critical: Critical = field(default_factory=Critical)
     robust: Robust = field(default_factory=Robust)
+    kinks: Kinks = field(default_factory=Kinks)
 
     @property
     def n_f(self) -> int:
@@ -611,7 +639,18 @@ class Experiment:
                    jacobian_method=choice("jacobian.method", cfg.jacobian.method, METHODS),
                    jacobian_max_bytes=count("jacobian.max_bytes", cfg.jacobian.max_bytes, 1),
                    jacobian_batch=count("jacobian.batch_size", cfg.jacobian.batch_size, 1),
-                   critical=critical, robust=Robust.from_config(cfg.inversion))
+                   critical=critical, robust=Robust.from_config(cfg.inversion),
+                   kinks=kinks_options(cfg.kinks))
+
+
+def kinks_options(c: Any) -> Kinks:
+    """``kinks.*`` of a composed config (``ifv.kink.Kinks``)."""
+    rho = number("kinks.rho", c.rho, strict=True)
+    if rho >= 1:
+        raise UserError(f"kinks.rho must be a number in (0, 1), got {c.rho!r}")
+    return Kinks(samples=count("kinks.samples", c.samples),
+                 sigma=number("kinks.sigma", c.sigma, strict=True), rho=rho,
+                 seed=count("kinks.seed", c.seed), rows=count("kinks.rows", c.rows, 1))
 
 
 def fv_settings(f: Any) -> FVSettings:

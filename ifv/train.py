@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,19 @@ from ifv.store import atomic_write, write_json
 DATASETS = ("patterns", "cifar10")
 SCHEDULES = ("onecycle", "step")
 JACOBIAN_IMAGES = 64  # test images on which output_jacobian_structure is measured
+ESTIMATE_STEPS = 10  # training steps timed for the estimate of the whole run
 DEFAULT_DATA_ROOT = "~/data"
 
 
 def dataset(spec: ModelSpec, data_root: str | Path | None = None, download: bool = False,
-            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            progress: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Training and test images and labels of a zoo model; test data holds every class.
 
     Patterns are generated (float in [0, 1]); CIFAR-10 is read from ``data_root`` (default
-    ~/data; downloaded there only when ``download``) as uint8, the first ``n_train`` training
-    images left after dropping ``exclude_classes`` and the first ``n_test`` test images.
+    ~/data; an ImageFolder folder or zip, or the python version, downloaded there only when
+    ``download``) as uint8: ``n_train`` training images left after dropping
+    ``exclude_classes`` and ``n_test`` test images, all of them or a subset drawn from the
+    recipe's seed (``subset``).
     """
     r = spec.recipe
     if r.dataset == "cifar10":
@@ -42,9 +46,11 @@ def dataset(spec: ModelSpec, data_root: str | Path | None = None, download: bool
 
         root = data_root or DEFAULT_DATA_ROOT
         x_tr, y_tr = load_cifar10(root, train=True, download=download,
-                                  exclude=tuple(r.exclude_classes))
-        x_te, y_te = load_cifar10(root, train=False)
-        return x_tr[:r.n_train], y_tr[:r.n_train], x_te[:r.n_test], y_te[:r.n_test]
+                                  exclude=tuple(r.exclude_classes), progress=progress)
+        x_te, y_te = load_cifar10(root, train=False, progress=progress)
+        tr = subset(len(x_tr), r.n_train, 2 * r.seed + 1)
+        te = subset(len(x_te), r.n_test, 2 * r.seed + 2)
+        return x_tr[tr], y_tr[tr], x_te[te], y_te[te]
     if r.dataset != "patterns":
         raise UserError(f"unknown dataset {r.dataset!r}; valid: {', '.join(DATASETS)}")
     size = spec.input_size[0]
@@ -52,6 +58,24 @@ def dataset(spec: ModelSpec, data_root: str | Path | None = None, download: bool
                                exclude=tuple(r.exclude_classes))
     x_te, y_te = make_patterns(r.n_test, seed=2 * r.seed + 2, size=size)
     return x_tr, y_tr, x_te, y_te
+
+
+def subset(total: int, n: int, seed: int) -> Tensor:
+    """Indices of ``n`` of ``total`` items: all of them in order where n >= total, else a
+    sorted random choice drawn from ``seed`` (a file data set may be ordered by class)."""
+    if n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort()[0]
+
+
+def estimate(spec: ModelSpec, device: torch.device, done: int, total: int,
+             seconds: float) -> str:
+    """One line: the time ``total`` steps take at the rate of the first ``done``."""
+    left = seconds / done * total
+    hours, minutes = divmod(round(left / 60), 60)
+    when = f"{hours} h {minutes} min" if hours else f"{max(minutes, 1)} min"
+    return (f"train {spec.name}: about {when} on {device} ({spec.recipe.epochs} epochs, "
+            f"{total} steps at {seconds / done:.2f} s a step)")
 
 
 def pad_crop(x: Tensor, pad: int, g: torch.Generator) -> Tensor:
@@ -138,12 +162,13 @@ def output_jacobian_structure(model: nn.Module, x: Tensor, exclude: tuple[int, .
 
 def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool = True,
           data_root: str | Path | None = None, download: bool = False,
-          device: str | None = None) -> dict[str, Any]:
+          device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``spec`` with its recipe and write the checkpoint; returns the training record.
 
     ``data_root``/``download``: where a file data set (CIFAR-10) lives and whether it may be
     downloaded there. ``device``: None picks CUDA where there is one, else the CPU (the
-    same seed gives the same metrics on the same device and thread count).
+    same seed gives the same metrics on the same device and thread count). ``log`` gets one
+    line with the estimated training time, measured on the first steps (``ESTIMATE_STEPS``).
     """
     r = spec.recipe
     if getattr(r, "task", "classify") == "superres":
@@ -156,7 +181,7 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(r.seed)
     g = torch.Generator().manual_seed(r.seed)
-    x_tr, y_tr, x_te, y_te = dataset(spec, data_root, download)
+    x_tr, y_tr, x_te, y_te = dataset(spec, data_root, download, progress)
     if len(x_tr) == 0 or len(x_te) == 0:
         raise UserError(f"no training or test images for {spec.name} (n_train={r.n_train}, "
                         f"n_test={r.n_test})")
@@ -205,6 +230,8 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
             loss_avg = val if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * val
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_avg:.3f}")
+            if bar.n == min(ESTIMATE_STEPS, total):
+                log(estimate(spec, dev, bar.n, total, time.perf_counter() - t0))
         epoch_losses.append(loss_sum / steps_per_epoch)
     bar.close()
     train_seconds = time.perf_counter() - t0

@@ -143,3 +143,24 @@ def test_non_finite_samples_are_kept_in_the_table_and_left_out_of_the_results(
     assert len(pd.read_parquet(tmp_path / "r/exp13.parquet")) == 6  # nothing dropped on disk
     kept = Results(tmp_path / "r").frame("exp13")
     assert sorted(kept["sample"]) == [0, 2, 3, 5] and kept["angle_pred"].notna().all()
+
+
+@pytest.mark.parametrize("kind", ["out_file", "link"])
+def test_an_output_that_is_no_regular_file_is_refused(
+        kind: str, tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--out a file, or a collected table's path a link: one line, exit 2, and what it
+    pointed at is left as it was."""
+    target = tree / "target"
+    target.write_text("keep")
+    if kind == "out_file":
+        out, expect = target, f"cannot write --out {target}: {target} is not a folder"
+    else:
+        out = tree / "results"
+        out.mkdir()
+        (out / "exp01.parquet").symlink_to(target)
+        expect = f"output file {out / 'exp01.parquet'} is a symbolic link, not a regular file"
+    rc = main([str(tree / "outputs"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"collect: error: {expect}") and err.count("\n") == 1
+    assert target.read_text() == "keep"
+    assert kind == "out_file" or (out / "exp01.parquet").is_symlink()

@@ -346,14 +346,68 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     (["comparison=dnde_permuted", "compare.scale=0.5"], "compare.scale must be"),
     (["comparison=dnde_permuted", "layer=pool"], "planted copies permute"),
     (["oops"], "unknown argument 'oops'"),
+    (["comparison=dnde_seeds", "compare.b_model=srnet_geometry", "compare.b_layer=block8"],
+     "param=rgb makes 3-channel inputs, but compare.b_model=srnet_geometry takes 5-channel "
+     "ones; valid param for srnet_geometry: geometry_fixed, geometry_free"),
+    (["comparison=dnde_permuted", "compare.images=[/nope.png]"],
+     "compare.images: /nope.png: no such file"),
+    (["comparison=dnde_permuted", "compare.images=[/nope.jpg]"],
+     "compare.images: /nope.jpg: unknown image format '.jpg'"),
+    (["comparison=dnde_permuted", "compare.min_share=5"],
+     "compare.min_share must be a number in [0, 1], got 5"),
+    (["comparison=dnde_permuted", "compare.min_share=-0.5"],
+     "compare.min_share must be a finite number >= 0"),
+    (["comparison=dnde_seeds", "compare.b_layer=nope"],
+     "compare.b_layer: model 'densenet_patterns' has no layer 'nope'; valid: conv0"),
+    (["comparison=dnde_seeds", "compare.b_features=1000"],
+     "compare.b_features=1000 is larger than the 69 channels of densenet_patterns.dense3"),
+    (["comparison=dnde_seeds", "compare.b_features=[3,3]"],
+     "compare.b_features: feature indices [3] repeated"),
+    (["comparison=dnde_seeds", "compare.b_model=nope"], "unknown compare.b_model 'nope'"),
+    (["comparison=dnde_seeds", "compare.b_weights=/no/such.pt"],
+     "no weights file /no/such.pt (compare.b_weights of densenet_patterns)"),
+    (["comparison=dnde_permuted", "features.indices=[0,0]"],
+     "features.indices: feature indices [0] repeated"),
+    (["comparison=dnde_permuted", "compare.out=/dev/null"],
+     "cannot write compare.out /dev/null: /dev/null is not a folder"),
 ])
 def test_cli_errors_are_one_line(args: list[str], message: str, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                 capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line, exit 2, before either network is loaded; no output files."""
+    monkeypatch.setattr(ifv.Setting, "network", _no_network)
     out = tmp_path / "out"
-    code, err = _run([*RANDOM, *args, f"compare.out={out}"], capsys)
+    code, err = _run([*RANDOM, f"compare.out={out}", *args], capsys)
     assert code == 2
     assert err.startswith("ifv: error: ") and message in err and len(err.splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())  # no partial output files
+
+
+def _no_network(*_: object, **__: object) -> None:
+    raise AssertionError("a network was loaded before the bad input was refused")
+
+
+@pytest.mark.parametrize("kind", ["link", "folder"])
+def test_cli_refuses_an_output_that_is_no_regular_file(
+        kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.json in compare.out as a link (to a file) or a folder: refused before any
+    work, in one line, and left as it was."""
+    monkeypatch.setattr(ifv.Setting, "network", _no_network)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "target").write_text("keep")
+    if kind == "link":
+        (out / "summary.json").symlink_to(tmp_path / "target")
+    else:
+        (out / "summary.json").mkdir()
+    code, err = _run(["comparison=dnde_permuted", *RANDOM, f"compare.out={out}"], capsys)
+    what = "a symbolic link" if kind == "link" else "a folder"
+    assert code == 2 and err == (
+        f"ifv: error: compare.out file {out / 'summary.json'} is {what}, not a regular file; "
+        "ifv writes only regular files (it would replace it): choose another path\n")
+    assert [p.name for p in out.iterdir()] == ["summary.json"]
+    assert (tmp_path / "target").read_text() == "keep"
 
 
 def test_cli_writes_the_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -225,7 +225,7 @@ def test_a_swept_key_on_the_command_line_runs_alone(tmp_path: Path,
     (["-m", "experiment=exp01,exp07"], "experiment exp07 sweeps features.n itself"),
     (["-m", "experiment=exp12", "tier=offline,paper"], "inside a sweep over tier"),
     (["experiment=exp06", "features.points.small.quick='3,500'"],
-     "features.n=500: features=500 is larger than the 69 channels"),
+     "features.n=500 is larger than the 69 channels"),
 ])
 def test_sweep_errors_are_one_line(args: list[str], expect: str,
                                    capsys: pytest.CaptureFixture) -> None:

@@ -138,6 +138,33 @@ def test_empty_results_build_only_fig_s1(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.glob("*.p*")) == ["figS1.pdf", "figS1.png"]
 
 
+def test_an_output_that_is_no_regular_file_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--out a file: one line, exit 2; figS1.png a link: that figure fails in one line and
+    the link and its target are left as they were."""
+    (tmp_path / "target").write_text("keep")
+    assert figures_main(["--results", str(tmp_path / "none"),
+                         "--out", str(tmp_path / "target")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"figures: error: cannot write --out {tmp_path / 'target'}: "
+                   f"{tmp_path / 'target'} is not a folder; choose a folder that can be "
+                   "written\n")
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "figS1.png").symlink_to(tmp_path / "target")
+    assert figures_main(["--results", str(tmp_path / "none"), "--out", str(out)]) == 1
+    failed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAILED")]
+    assert failed == [f"FAILED Fig. S1: UserError: output file {out / 'figS1.png'} is a "
+                      "symbolic link, not a regular file; ifv writes only regular files (it "
+                      "would replace it): choose another path"]
+    assert (out / "figS1.png").is_symlink() and (tmp_path / "target").read_text() == "keep"
+    assert report_main(["--results", str(tmp_path / "none"),
+                        "--out", str(out / "figS1.png")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"report: error: --out {out / 'figS1.png'} is a symbolic link, not a regular file")
+    assert (tmp_path / "target").read_text() == "keep"
+
+
 def test_fig_s1_hoyer_statistics() -> None:
     values = sphere_hoyer(n=10_000)
     # independent: Gaussian directions in numpy, Hoyer's formula written out

@@ -19,9 +19,11 @@ from ifv.fv import FVSettings, realize
 from ifv.images import EPS, to_params
 from ifv.inverse import solve, unit, z_k, z_k_inv
 from ifv.jacobian import response_and_gram
+from ifv.kink import Kinks, tangent_gram
 from ifv.metrics import angular_distance
 from ifv.objective import Response
 from ifv.param import make_param
+from ifv.setting import Setting
 
 K = 2.0
 SHAPE = (3, 4, 5)  # C, H, W of the planted network's input (H != W catches transposes)
@@ -108,12 +110,17 @@ def test_prediction_equals_low_level_invert(small_cnn: nn.Module, name: str) -> 
     param = make_param(name, 8, 8)
     v = to_params(images, param)
     assert torch.allclose(param(v), images.clamp(EPS, 1 - EPS), atol=1e-12)
-    y, gram = response_and_gram(Response(small_cnn, param, "conv2", [5, 1, 3], "maxpool_mean"),
-                                v)
-    x_low, _ = solve(y, gram, K)
+    response = Response(small_cnn, param, "conv2", [5, 1, 3], "maxpool_mean")
+    y, _, g_t, dim = tangent_gram(response, v, Kinks())  # the default: the tangent condition
+    x_low, _ = solve(y, g_t, K)
     assert res.features == [5, 1, 3]
     assert torch.allclose(res.x_pred, x_low, atol=1e-10)
-    assert torch.allclose(res.y, y, atol=1e-12)
+    assert torch.allclose(res.y, y, atol=1e-12) and torch.equal(res.kink_dim, dim)
+    plain = ifv.invert(images, model=small_cnn, layer="conv2", features=[5, 1, 3],
+                       aggregation="maxpool_mean", k=K, param=name, kinks=Kinks(samples=0))
+    y, gram = response_and_gram(response, v)
+    assert torch.allclose(plain.x_pred, solve(y, gram, K)[0], atol=1e-10)
+    assert plain.kink_dim.tolist() == [0, 0]
 
 
 def test_params_input_equals_image_input(small_cnn: nn.Module, tmp_path: Path) -> None:
@@ -201,11 +208,13 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         "aggregation": "maxpool_mean", "k": 2.0, "param": {"name": "rgb", "init_std": 0.01},
         "input": "image", "device": "cpu", "tf32": False,
         "critical": None, "critical_dim": 3, "transforms": "none",
-        "prior": {"name": "none", "weight": 0.0}, "inversion": None}
+        "prior": {"name": "none", "weight": 0.0}, "inversion": None,
+        "kinks": {"samples": 4, "sigma": 1e-3, "rho": 1e-3, "seed": 0, "rows": 64}}
     assert doc["features"] == [0, 1, 2, 3]
     (row,) = doc["images"]
     ref = ifv.invert(png, weights="random", features=4, critical=crit)
     assert row["file"] == str(png) and row["index"] == 0
+    assert row["kink_dim"] == int(ref.kink_dim[0]) and "dim N" in printed
     assert np.allclose(row["objective"], ref.x_pred[0].numpy(), atol=1e-12)
     assert np.isclose(row["residual"], float(ref.residual[0]))
     weights = [t["weight"] for t in row["top"]]
@@ -216,6 +225,25 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert abs((z @ np.array(row["objective"]))[0]) < 1e-10  # e_0 removed by C
 
 
+class _Payload:
+    """A pickle that, unpickled, writes the marker file MARKER: code a user's file runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def evil_pt(path: Path, marker: Path, obj: object = None) -> Path:
+    """A .pt file whose unpickling runs code (touches ``marker``), inside ``obj``'s
+    containers or alone."""
+    torch.save(_Payload(marker) if obj is None else {"state_dict": _Payload(marker)}, path)
+    return path
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     np.save(tmp / "shape.npy", np.zeros((3, 16, 16)))
     np.save(tmp / "range.npy", np.full((32, 32, 3), 200.0))
@@ -223,6 +251,11 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     np.save(tmp / "ok.npy", np.full((32, 32, 3), 0.5))
     crit = _critical_parquet(tmp / "critical.parquet", 5, trivial=0)
     ok = str(tmp / "ok.npy")
+    (tmp / "folder").mkdir()
+    (tmp / "target.json").write_text("keep")
+    (tmp / "link.json").symlink_to(tmp / "target.json")
+    evil_pt(tmp / "evil.pt", tmp / "MARKER")
+    evil_pt(tmp / "evil_weights.pt", tmp / "MARKER", obj={})
     return {
         "shape": ([str(tmp / "shape.npy")], "shape (3, 16, 16) does not fit"),
         "range": ([str(tmp / "range.npy")], "outside [0, 1]"),
@@ -246,23 +279,80 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                 "cannot write the folder of invert.out /proc/ifv"),
         "critical_dim": ([ok, f"invert.critical={crit}", "invert.critical_dim=0"],
                          "invert.critical_dim must be an integer >= 1"),
+        "out_folder": ([ok, f"invert.out={tmp / 'folder'}"],
+                       f"invert.out {tmp / 'folder'} is a folder, not a regular file"),
+        "out_link": ([ok, f"invert.out={tmp / 'link.json'}"],
+                     f"invert.out {tmp / 'link.json'} is a symbolic link, not a regular file"),
+        "out_device": ([ok, "invert.out=/dev/full"],
+                       "invert.out /dev/full is a character device, not a regular file"),
+        "out_stdout": ([ok, "invert.out=/dev/stdout"],
+                       "invert.out /dev/stdout is a symbolic link"),
+        "repeated": ([ok, "features.indices=[0,0,1]"],
+                     "features.indices: feature indices [0] repeated"),
+        "channels": ([ok, "param=geometry_fixed"],
+                     "param=geometry_fixed makes 5-channel inputs, but model=densenet_patterns "
+                     "takes 3-channel ones; valid param for densenet_patterns: rgb, fft, ffte"),
+        "no_critical": ([ok, f"invert.critical={tmp / 'none.parquet'}"],
+                        f"invert.critical: no such file {tmp / 'none.parquet'}"),
+        "pickle_image": ([str(tmp / "evil.pt")], "evil.pt: cannot read it as .pt: it holds "
+                         "Python objects other than tensors, which ifv does not unpickle"),
+        "pickle_weights": ([ok, "features.n=4", f"model.weights={tmp / 'evil_weights.pt'}"],
+                           "evil_weights.pt: it holds Python objects other than tensors"),
     }
 
 
-@pytest.mark.parametrize("case", ["shape", "range", "unreadable", "missing", "format", "key",
-                                  "value", "negative_k", "infinite_k", "top", "input",
-                                  "features", "n_f", "dim", "weights", "none", "out",
-                                  "critical_dim"])
+CASES = ["shape", "range", "unreadable", "missing", "format", "key", "value", "negative_k",
+         "infinite_k", "top", "input", "features", "n_f", "dim", "weights", "none", "out",
+         "critical_dim", "out_folder", "out_link", "out_device", "out_stdout", "repeated",
+         "channels", "no_critical", "pickle_image", "pickle_weights"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_cli_user_errors_are_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every bad input is refused in one line before the network is loaded (weights: as it
+    is loaded), and nothing it pointed at changes: no output, the link and its target, the
+    folder, no payload run."""
     monkeypatch.chdir(tmp_path)
     args, expect = _bad_inputs(tmp_path)[case]
-    extra = [] if case == "weights" else RANDOM
+    if case != "pickle_weights":
+        monkeypatch.setattr(Setting, "network", _no_network)
+    extra = [] if case in ("weights", "pickle_weights") else RANDOM
     assert main(["invert", *args, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ifv: error:") and "\n" not in err and "Traceback" not in err
     assert expect in err, err
+    assert "weights_only=False" not in err
     assert not (tmp_path / "ifv-invert.json").exists()
+    assert (tmp_path / "link.json").is_symlink()
+    assert (tmp_path / "target.json").read_text() == "keep"
+    assert (tmp_path / "folder").is_dir() and not list((tmp_path / "folder").iterdir())
+    assert not (tmp_path / "MARKER").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def _no_network(*_: object, **__: object) -> None:
+    raise AssertionError("the network was loaded before the bad input was refused")
+
+
+def test_weights_are_read_as_tensors_only(tmp_path: Path) -> None:
+    """A .pt whose unpickling would run code is refused in one line that does not suggest
+    weights_only=False, and its code never runs; a damaged file is refused the same way."""
+    from ifv.models.registry import read_state_dict
+
+    marker = tmp_path / "MARKER"
+    with pytest.raises(UserError) as err:
+        read_state_dict(evil_pt(tmp_path / "w.pt", marker, obj={}), "replace it")
+    text = str(err.value)
+    assert text == (f"cannot read weights {tmp_path / 'w.pt'}: it holds Python objects other "
+                    "than tensors, which ifv does not unpickle; replace it")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UserError) as err:
+        read_state_dict(tmp_path / "junk.pt", "replace it")
+    assert "not a readable torch.save file" in str(err.value)
+    for msg in (text, str(err.value)):
+        assert "weights_only" not in msg and "\n" not in msg
+    assert not marker.exists()
 
 
 def test_top_level_api() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pandas as pd
 import pytest
 
 from ifv.cli import main
+from ifv.pipeline import outputs
 from ifv.results import CRITICAL, RESULTS, markdown
 
 TINY = ["model.weights=random", "features.n=4", "sampling.n_total=4", "fv.adam_steps=3",
@@ -30,6 +33,8 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(crit) == 1 and crit.best.all() and len(crit.complement[0]) == 0
     for png in ("angle_ssim.png", "alpha.png", "realizations.png", "ssim_kde.png"):
         assert (out / png).stat().st_size > 1000
+    # what the run wrote is what `ifv run` checks before any work (ifv.pipeline.outputs)
+    assert {p.name for p in out.glob("*.p*")} | {"images.npz"} <= set(outputs())
     with np.load(out / "images.npz") as im:
         assert im["before"].shape == (4, 3, 32, 32) and im["targets"].shape == (4, 4)
         for o in ("target", "pred", "response", "random"):
@@ -50,9 +55,9 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(("args", "expect"), [
     (["experiment=nope"],
      "unknown experiment 'nope'; valid: dn4cl_k0, dn4cl_k2, dncl_k0, dncl_k2, dnde80_center_k0,"),
-    (["model=nope"], "unknown model 'nope'; valid: auto, densenet_cifar"),
+    (["model=nope"], "unknown model 'nope'; valid: auto, densenet22_cifar, densenet_cifar"),
     (["layer=nope"], "has no layer 'nope'; valid: conv0"),
-    (["features.n=1000"], "features=1000 is larger than the 69 channels"),
+    (["features.n=1000"], "features.n=1000 is larger than the 69 channels"),
     (["k=="], "malformed override"),
     (["nosuchkey=3"], "invalid configuration"),
     (["aggregation=median"], "unknown aggregation 'median'; valid: center"),
@@ -82,7 +87,7 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     (["param.init_std=x"], "param.init_std must be a finite number >= 0, got 'x'"),
     (["+param.colour=1"], "invalid options for param rgb"),
     (["features.indices=[0,999]"], "feature indices [999] out of range"),
-    (["features.n=0"], "features must be a positive number"),
+    (["features.n=0"], "features.n must be a positive number"),
     (["progress=maybe"], "invalid value for progress"),
     (["model.nope=1"], "no key 'model.nope'; valid: model.name, model.weights"),
     (["model.weights=/no/such/file.pt"], "no weights file /no/such/file.pt"),
@@ -103,13 +108,57 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     (["stage_cache=/proc/ifv"], "cannot write stage_cache /proc/ifv"),
     (["hydra.run.dir=/proc/ifv"], "cannot write hydra.run.dir /proc/ifv"),
     (["-m", "k=0,2", "hydra.sweep.dir=/proc/ifv"], "cannot write hydra.sweep.dir /proc/ifv"),
+    (["features.indices=[0,0,1]"], "features.indices: feature indices [0] repeated; select "
+     "each channel of densenet_patterns.dense3 at most once"),
+    (["features.indices=[1.5]"], "invalid value for features.indices[0]"),
+    (["features.indices=[]"], "features.indices must select at least one channel"),
+    (["experiment=srnet_mask1_k2", "param=fft"], "param=fft makes 3-channel inputs, but "
+     "model=srnet_geometry takes 5-channel ones; valid param for srnet_geometry: "
+     "geometry_fixed, geometry_free"),
+    (["param=geometry_free"], "param=geometry_free makes 5-channel inputs, but "
+     "model=densenet_patterns takes 3-channel ones; valid param for densenet_patterns: rgb, "
+     "fft, ffte"),
+    (["-m", "k=0,2", "param=geometry_fixed"], "param=geometry_fixed makes 5-channel inputs"),
+    (["hydra.run.dir=/dev/null"], "cannot write hydra.run.dir /dev/null: /dev/null is not a "
+     "folder"),
 ])
-def test_user_errors_are_one_line(args: list[str], expect: str,
-                                  capsys: pytest.CaptureFixture) -> None:
+def test_user_errors_are_one_line(args: list[str], expect: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line, exit 2, before any work: Hydra made no run folder (.hydra/, cli.log)."""
+    monkeypatch.chdir(tmp_path)
     assert main(["run", "model.weights=random", "progress=false", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert expect in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["link", "folder", "fifo"])
+def test_an_output_that_is_no_regular_file_is_refused_before_any_work(
+        kind: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """results.parquet (a table) and alpha.png (a figure) of the run folder: a link, a
+    folder or a named pipe there is refused in one line, and left as it was."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "target").write_text("keep")
+    name = "alpha.png" if kind == "folder" else "results.parquet"
+    if kind == "link":
+        (out / name).symlink_to(tmp_path / "target")
+    elif kind == "folder":
+        (out / name).mkdir()
+    else:
+        os.mkfifo(out / name)
+    assert main(["run", *TINY, f"hydra.run.dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    what = {"link": "a symbolic link", "folder": "a folder", "fifo": "a named pipe"}[kind]
+    assert err == (f"ifv: error: hydra.run.dir file {out / name} is {what}, not a regular "
+                   "file; ifv writes only regular files (it would replace it): choose another "
+                   "path")
+    assert [p.name for p in out.iterdir()] == [name]  # no .hydra/, no cli.log
+    assert (tmp_path / "target").read_text() == "keep"
+    test = {"link": Path.is_symlink, "folder": Path.is_dir, "fifo": Path.is_fifo}[kind]
+    assert test(out / name)
 
 
 def test_list_and_help(capsys: pytest.CaptureFixture) -> None:
@@ -119,6 +168,22 @@ def test_list_and_help(capsys: pytest.CaptureFixture) -> None:
     assert main(["--help"]) == 0
     assert "ifv run" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"ifv {version('ifv')}\n"
+
+
+@pytest.mark.parametrize("args", [["list"], ["--help"], ["--version"]])
+def test_a_closed_pipe_ends_quietly(args: list[str]) -> None:
+    """`ifv list | head -3`: the reader goes away; ifv exits 0 with nothing on stderr."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before ifv writes
+    proc = subprocess.run([sys.executable, "-m", "ifv.cli", *args], stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert proc.returncode == 0 and proc.stderr == ""
 
 
 def test_sweep_runs_every_point(tmp_path: Path) -> None:

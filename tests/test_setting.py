@@ -37,6 +37,23 @@ from ifv.train import save_checkpoint
     ({"model": "nope"}, "unknown model 'nope'; valid: densenet_patterns"),
     ({"size": (64, 64)}, "densenet_patterns takes 32x32 inputs, got size=(64, 64)"),
     ({"weights": "/no/such.pt"}, "no weights file /no/such.pt"),
+    ({"features": [0, 1.5]}, "features must be a positive number, a list of indices or all"),
+    ({"features": [True, 2]}, "features must be a positive number, a list of indices or all"),
+    ({"features": [4, 2, 4, 2]}, "features: feature indices [2, 4] repeated; select each "
+     "channel of densenet_patterns.dense3 at most once"),
+    ({"features": []}, "features must select at least one channel"),
+    ({"param": "geometry_fixed"}, "param=geometry_fixed makes 5-channel inputs, but "
+     "model=densenet_patterns takes 3-channel ones; valid param for densenet_patterns: rgb, "
+     "fft, ffte"),
+    ({"model": "srnet_geometry", "layer": "block8", "param": "ffte"},
+     "param=ffte makes 3-channel inputs, but model=srnet_geometry takes 5-channel ones"),
+    ({"layer": "nope", "keys": {"layer": "compare.b_layer"}},
+     "compare.b_layer: model 'densenet_patterns' has no layer 'nope'"),
+    ({"features": 99, "keys": {"features": "compare.b_features"}},
+     "compare.b_features=99 is larger than the 69 channels"),
+    ({"model": "nope", "keys": {"model": "compare.b_model"}}, "unknown compare.b_model 'nope'"),
+    ({"weights": "/no/such.pt", "keys": {"weights": "compare.b_weights"}},
+     "no weights file /no/such.pt (compare.b_weights of densenet_patterns)"),
 ])
 def test_every_bad_value_is_one_clear_user_error(kwargs: dict[str, Any], expect: str) -> None:
     with pytest.raises(UserError) as err:
@@ -58,6 +75,10 @@ def test_the_selection_resolves_against_the_layer() -> None:
     s = Setting.make(features="all")
     assert s.features(69) == list(range(69))
     assert Setting.make(features=[5, 1]).features(69) == [5, 1]
+    assert Setting.make(features=np.array([5, 1])).features(69) == [5, 1]
+    assert Setting.make(features=torch.tensor([5, 1])).features(69) == [5, 1]
+    assert Setting.make("srnet_geometry", "block8", 4, param="geometry_free").param == {
+        "name": "geometry_free"}
     assert Setting.make(features=3).features(69) == [0, 1, 2]
     assert Setting.make(param={"name": "ffte", "decay_power": 1.5}).parametrization().n_p > 0
 

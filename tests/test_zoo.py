@@ -95,14 +95,15 @@ def test_cifar_download_reads_a_test_archive(tmp_path: Path, server: tuple[Path,
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setattr(cifar.LocalCIFAR10, "url", f"{server[1]}/{archive.name}")
-    monkeypatch.setattr(cifar.LocalCIFAR10, "tgz_md5", md5)
+    monkeypatch.setattr(cifar, "URL", f"{server[1]}/{archive.name}")
+    monkeypatch.setattr(cifar, "ARCHIVE", archive.name)
+    monkeypatch.setattr(cifar, "ARCHIVE_MD5", md5)
     spec = get_spec("densenet_cifar").with_recipe(n_train=1000, n_test=1000)
     x_tr, _, x_te, _ = dataset(spec, data_root=tmp_path / "dst", download=True)
     assert len(x_tr) == 50 and len(x_te) == 10
     assert (tmp_path / "dst" / "cifar-10-batches-py" / "test_batch").is_file()
 
-    monkeypatch.setattr(cifar.LocalCIFAR10, "url", f"{server[1]}/absent.tar.gz")
+    monkeypatch.setattr(cifar, "URL", f"{server[1]}/absent.tar.gz")
     with pytest.raises(UserError, match="cannot download CIFAR-10"):
         dataset(spec, data_root=tmp_path / "other", download=True)
 
@@ -271,14 +272,16 @@ def test_every_listed_layer_has_its_channels(name: str) -> None:
         assert tap(model, layer, x).shape[1] == channels, (name, layer)
 
 
-def test_densenet_stand_ins_are_smooth_and_the_papers_is_relu() -> None:
-    """The stand-ins use Softplus (FV optima off ReLU kinks, see ifv/models/densenet.py)."""
+def test_stand_ins_have_the_papers_relu_and_their_softplus_twins_are_smooth() -> None:
+    """The stand-ins keep the paper's ReLU; the _softplus variants are smooth twins."""
     def acts(name: str) -> set[type]:
         model = get_spec(name).build()
         return {type(m) for m in model.modules() if isinstance(m, nn.ReLU | nn.Softplus)}
 
-    assert acts("densenet_patterns") == acts("densenet_patterns_ex4") == {nn.Softplus}
-    assert acts("densenet_cifar") == {nn.ReLU}
+    assert acts("densenet_patterns") == acts("densenet_patterns_ex4") == {nn.ReLU}
+    assert acts("densenet_cifar") == acts("densenet22_cifar") == {nn.ReLU}
+    assert (acts("densenet_patterns_softplus") == acts("densenet_patterns_ex4_softplus")
+            == {nn.Softplus})
     # a ReLU DenseNet is piecewise linear in its input (Hessian 0 almost everywhere), so FV's
     # optima sit on kinks; the Softplus one has curvature
     x, d = torch.rand(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
@@ -295,10 +298,13 @@ def test_densenet_stand_ins_are_smooth_and_the_papers_is_relu() -> None:
         DenseNetBC(depth=10, activation="tanh")
 
 
-def test_googlenet_stand_in_is_smooth_and_taps_inception4c_before_its_activation() -> None:
-    """Softplus and average pooling everywhere; inception4c's activation moved after the
-    concatenation: the same function, but the tap sees pre-activations (negative values)."""
-    spec = get_spec("googlenet_patterns")
+def test_googlenet_twin_is_smooth_and_taps_inception4c_before_its_activation() -> None:
+    """googlenet_patterns_softplus: Softplus and average pooling everywhere; inception4c's
+    activation moved after the concatenation: the same function, but the tap sees
+    pre-activations (negative values). googlenet_patterns keeps ReLU and max pooling."""
+    relu = {type(m) for m in load("googlenet_patterns", weights="random").modules()}
+    assert nn.MaxPool2d in relu and not relu & {nn.Softplus, nn.AvgPool2d}
+    spec = get_spec("googlenet_patterns_softplus")
     stand_in = load(spec, weights="random")
     kinds = {type(m) for m in stand_in.modules()}
     assert nn.Softplus in kinds and nn.AvgPool2d in kinds

@@ -1,75 +1,121 @@
-"""CIFAR-10 (Krizhevsky 2009), read by torchvision's loader from a local folder (paper tier).
+"""CIFAR-10 (Krizhevsky 2009) from where users have it, without unpickling arbitrary objects.
 
-Nothing is downloaded unless asked (``model.data.download=true``). The extracted python
-version is expected at ``<root>/cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
-``test_batch``, ``batches.meta``).
+``model.data.root`` is either
+
+- a folder or zip file in the ImageFolder layout (``train/<class>/*.jpg``,
+  ``test/<class>/*.jpg``, the ten classes by name; ``ifv.data.imagefolder``), or
+- a folder holding torchvision's python version, ``cifar-10-batches-py/`` (``data_batch_1``
+  .. ``data_batch_5``, ``test_batch``, ``batches.meta``), downloaded there on request
+  (``model.data.download=true``; the archive's MD5 is checked).
+
+The python version is a set of pickles. They are read by ``SafeUnpickler``, which admits
+only what the format holds (numpy arrays, lists, strings, numbers), so a file placed in
+``model.data.root`` cannot run code.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import download_and_extract_archive
 
+from ifv.data.imagefolder import is_image_folder, read_image_folder
 from ifv.errors import UserError
 
 FOLDER = CIFAR10.base_folder
-FILES = tuple(f for f, _ in CIFAR10.train_list + CIFAR10.test_list) + (CIFAR10.meta["filename"],)
+TRAIN = tuple(f for f, _ in CIFAR10.train_list)
+TEST = tuple(f for f, _ in CIFAR10.test_list)
+FILES = TRAIN + TEST + (CIFAR10.meta["filename"],)
+URL, ARCHIVE, ARCHIVE_MD5 = CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
+
+# What a numpy array's pickle calls (numpy 1 and 2 module names, protocols 2 to 5).
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
-class LocalCIFAR10(CIFAR10):
-    """torchvision's CIFAR10 that accepts any readable copy of the extracted files.
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays and plain containers: any other global a
+    pickle names (``os.system``, a class) is refused with ``pickle.UnpicklingError``."""
 
-    torchvision checks each extracted file against the MD5 of the official release; here the
-    files only have to exist (the archive itself is still MD5-checked when downloaded), so a
-    copy re-pickled elsewhere, or a small one a test writes, reads through the same code.
-    """
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
 
-    def _check_integrity(self) -> bool:
-        base = Path(self.root) / self.base_folder
-        return all((base / f).is_file() for f in FILES)
 
-    def _load_meta(self) -> None:
-        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+def safe_load(data: bytes) -> Any:
+    """Unpickle ``data`` with ``SafeUnpickler`` (byte strings decoded as latin-1, as the
+    python version of CIFAR-10, written by Python 2, needs)."""
+    return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def _batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One batch file: (n, 3072) uint8 rows and their labels."""
+    try:
+        obj = safe_load(path.read_bytes())
+        data = np.asarray(obj["data"], dtype=np.uint8).reshape(-1, 3072)
+        labels = [int(v) for v in obj.get("labels", obj.get("fine_labels", []))]
+    except Exception as exc:  # noqa: BLE001 - a refused or damaged pickle is one user error
+        raise UserError(f"cannot read CIFAR-10 at {path}: {exc.__class__.__name__}: "
+                        f"{str(exc)[:80]}; replace the files with the python version "
+                        f"({URL})") from None
+    if len(labels) != len(data):
+        raise UserError(f"cannot read CIFAR-10 at {path}: {len(data)} images but "
+                        f"{len(labels)} labels")
+    return data, labels
+
+
+def _download(root: Path) -> None:
+    try:
+        download_and_extract_archive(URL, str(root), filename=ARCHIVE, md5=ARCHIVE_MD5)
+    except Exception as exc:  # noqa: BLE001 - URLError, a bad archive: one user error
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"cannot download CIFAR-10 into {root} ({exc.__class__.__name__}: "
+                        f"{msg}); place the extracted python version ({URL}) at "
+                        f"{root / FOLDER}") from None
 
 
 def load_cifar10(root: str | Path, train: bool, download: bool = False,
-                 exclude: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one CIFAR-10 split.
+                 exclude: tuple[int, ...] = (), progress: bool = False
+                 ) -> tuple[Tensor, Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one CIFAR-10 split, from an
+    ImageFolder tree (folder or zip) or the python version at ``root``.
 
     Classes in ``exclude`` are dropped. Raises ``UserError`` with what to place where when
     the files are missing or unreadable, or when a download fails.
     """
     root = Path(root).expanduser()
-    where = root / FOLDER
-    if not download and not all((where / f).is_file() for f in FILES):
+    if is_image_folder(root):
+        x, y, _ = read_image_folder(root, "train" if train else "test", classes=list(CLASSES),
+                                    progress=progress)
+        if tuple(x.shape[1:]) != (3, 32, 32):
+            raise UserError(f"the images of {root} are {tuple(x.shape[2:])}, not CIFAR-10's "
+                            "32x32")
+    else:
+        where = root / FOLDER
         missing = [f for f in FILES if not (where / f).is_file()]
-        what = "" if len(missing) == len(FILES) else f" (missing {', '.join(missing)})"
-        raise UserError(f"no CIFAR-10 at {where}{what}; place the extracted python version "
-                        f"({CIFAR10.url}) there, set model.data.root, or pass "
-                        "model.data.download=true")
-    if download and not all((where / f).is_file() for f in FILES):
-        try:
-            LocalCIFAR10(str(root), train=train, download=True)
-        except Exception as exc:  # noqa: BLE001 - URLError, a bad archive: one user error
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise UserError(f"cannot download CIFAR-10 into {root} ({exc.__class__.__name__}: "
-                            f"{msg}); place the extracted python version ({CIFAR10.url}) at "
-                            f"{where}") from None
-    try:
-        ds = LocalCIFAR10(str(root), train=train, download=False)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is the same user error
-        raise UserError(f"cannot read CIFAR-10 at {where}: {exc.__class__.__name__}; replace "
-                        f"the files with the python version ({CIFAR10.url})") from None
-    x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-    y = torch.as_tensor(ds.targets, dtype=torch.int64)
+        if missing and download:
+            _download(root)
+            missing = [f for f in FILES if not (where / f).is_file()]
+        if missing:
+            what = "" if len(missing) == len(FILES) else f" (missing {', '.join(missing)})"
+            raise UserError(f"no CIFAR-10 at {where}{what}; set model.data.root to a folder "
+                            f"or zip in the ImageFolder layout (train/<class>/*.jpg, "
+                            f"test/<class>/*.jpg), place the extracted python version "
+                            f"({URL}) there, or pass model.data.download=true")
+        parts = [_batch(where / f) for f in (TRAIN if train else TEST)]
+        x = torch.from_numpy(np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32))
+        y = torch.tensor([label for _, labels in parts for label in labels], dtype=torch.int64)
     if exclude:
         keep = ~torch.isin(y, torch.tensor(exclude, dtype=torch.int64))
         x, y = x[keep], y[keep]

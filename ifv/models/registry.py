@@ -8,6 +8,7 @@ and recipe, so that changing the recipe never loads a stale checkpoint.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from ifv.errors import UserError
 from ifv.models import googlenet as _gn
 from ifv.models.densenet import DenseNetBC, block_channels
 from ifv.models.googlenet import GoogLeNetFV
+from ifv.models.resnet import CifarResNet, stage_channels
+from ifv.models.srnet import IN_CHANNELS as SR_IN_CHANNELS
 from ifv.models.srnet import SRNet, SRRecipe, srnet_layers
-from ifv.store import content_key, default_cache_dir
+from ifv.store import Refused, content_key, default_cache_dir, load_tensors
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class ModelSpec:
             return GoogLeNetFV(**self.arch_kwargs, normalize=self.normalize)
         if self.arch == "srnet":
             return SRNet(**self.arch_kwargs)
+        if self.arch == "resnet_cifar":
+            return CifarResNet(**self.arch_kwargs)
         raise UserError(f"unknown architecture {self.arch!r}")
 
     def key(self) -> str:
@@ -96,6 +101,19 @@ class ModelSpec:
     def checkpoint(self, cache_dir: str | Path | None = None) -> Path:
         base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         return base / "models" / f"{self.name}-{self.key()}.pt"
+
+    def checkpoint_files(self, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+        """What ``ifv train`` writes: the checkpoint and its record (.json) beside it."""
+        path = self.checkpoint(cache_dir)
+        return path, path.with_suffix(".json")
+
+    @property
+    def in_channels(self) -> int:
+        """The channels of the network's input: SRNet's geometry images (mask, normal,
+        depth), else RGB images."""
+        if self.arch == "srnet":
+            return int(self.arch_kwargs.get("in_channels", SR_IN_CHANNELS))
+        return 3
 
     def weights_file(self, cache_dir: str | Path | None = None) -> Path:
         """The file ``load`` reads by default: the hub-cache file of a pretrained source,
@@ -137,17 +155,21 @@ def _densenet_layers(depth: int, growth: int, num_classes: int = 10) -> dict[str
     return {**dict(zip(names, ch, strict=True)), "pool": ch[-1], "classifier": num_classes}
 
 
-# the DenseNet stand-ins: DenseNet-BC-22 with Softplus for ReLU (why: docs/stand-ins.md)
-_OFFLINE_DN = {"depth": 22, "growth": 12, "num_classes": 10, "activation": "softplus"}
+# The DenseNet stand-ins: DenseNet-BC-22 with the paper's ReLU; the _softplus variants swap
+# every ReLU for Softplus (beta = 4), a smooth network for comparison (docs/stand-ins.md).
+_OFFLINE_DN = {"depth": 22, "growth": 12, "num_classes": 10}
+_SMOOTH_DN = {**_OFFLINE_DN, "activation": "softplus"}
 
-# The GoogLeNet stand-in: the pattern classes at 64 px, 6000 images x 3 epochs. Smooth
-# (Softplus, average pooling) with inception4c tapped before its activation (see
-# ifv/models/googlenet.py). The learning rate is low on purpose: a high one collapses
-# inception4c's 512 channels onto a few input directions. Measurements: docs/stand-ins.md.
+# The GoogLeNet stand-in: torchvision's GoogLeNet (ReLU, max pooling, inception4c as it is)
+# on the pattern classes at 64 px, 6000 images x 3 epochs, at learning rate 0.001: a higher
+# one collapses inception4c's 512 channels onto a few input directions within an epoch, a
+# network unlike GoogLeNet on ImageNet (docs/stand-ins.md). The _softplus variant is smooth:
+# Softplus, average pooling, inception4c tapped before its activation.
 _GN_OFFLINE_SIZE = 64
 _GN_OFFLINE_RECIPE = Recipe(n_train=6000, epochs=3, lr=0.001)
-_OFFLINE_GN = {"num_classes": 10, "init_weights": True, "activation": "softplus",
-               "pool": "avg", "preactivation": ["inception4c"]}
+_OFFLINE_GN = {"num_classes": 10, "init_weights": True}
+_SMOOTH_GN = {**_OFFLINE_GN, "activation": "softplus", "pool": "avg",
+              "preactivation": ["inception4c"]}
 
 # The classifier's weight matrix is decayed strongly (the rest at 1e-4) so that the Ex4
 # network's class-4 row dies within 3 epochs, as the critical-space experiment (Sec. 3.5)
@@ -163,12 +185,28 @@ _CIFAR_RECIPE = Recipe(dataset="cifar10", n_train=50000, n_test=10000, epochs=30
                        flip=True, schedule="step")
 
 # The paper-sized stand-ins (scale=paper): the paper's widths at the tapped layers, with the
-# recipes of the small ones (Softplus; inception4c tapped before its activation; the
-# classifier decay of the DenseNet pair): DenseNet-BC-100 (342 channels at dense3) at 32 px
+# architectures and recipes of the small ones (the classifier decay of the DenseNet pair):
+# DenseNet-BC-100 (342 channels at dense3) at 32 px
 # and GoogLeNet at 224 px (512 at inception4c), both on the pattern classes rendered at
 # their size. For a GPU: on 2 CPU cores `ifv train` takes tens of minutes (its bar shows
 # the estimate).
 _OFFLINE_DN100 = {**_OFFLINE_DN, "depth": 100}
+
+# Networks trained here on real CIFAR-10 (tier "real"), as they are: ReLU, the layers a user
+# taps. A schedule that 2 CPU cores run in about an hour each (one-cycle SGD with Nesterov
+# momentum, flips and 4-pixel pad-and-crop, all 50000 training images; 20 epochs for
+# ResNet-20, 15 for the slower DenseNet); the data come from
+# model.data.root (an ImageFolder folder or zip, or the python version).
+_REAL_RECIPE = Recipe(dataset="cifar10", n_train=50000, n_test=10000, epochs=20,
+                      batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, pad_crop=4,
+                      flip=True, schedule="onecycle")
+
+
+def _resnet_layers(width: int = 16, num_classes: int = 10) -> dict[str, int]:
+    names = ("stem", "layer1", "layer2", "layer3")
+    ch = stage_channels(width)
+    return {**dict(zip(names, ch, strict=True)), "pool": ch[-1], "classifier": num_classes}
+
 
 _SR_OFFLINE = {"channels": 64, "blocks": 10, "up_channels": 16}
 _SR_PAPER = {"channels": 64, "blocks": 10, "up_channels": 64}
@@ -182,8 +220,19 @@ MODELS: dict[str, ModelSpec] = {
         input_size=(32, 32),
         layers=_densenet_layers(22, 12),
         recipe=_OFFLINE_DN_RECIPE,
-        description="DenseNet-BC depth 22 on the 10 procedural pattern classes "
+        description="DenseNet-BC depth 22 (ReLU) on the 10 procedural pattern classes "
                     "(stand-in for DenseNet-BC-100 on CIFAR-10)",
+    ),
+    "densenet_patterns_softplus": ModelSpec(
+        name="densenet_patterns_softplus",
+        tier="offline",
+        arch="densenet_bc",
+        arch_kwargs=_SMOOTH_DN,
+        input_size=(32, 32),
+        layers=_densenet_layers(22, 12),
+        recipe=_OFFLINE_DN_RECIPE,
+        description="densenet_patterns with Softplus (beta = 4) for every ReLU: a smooth "
+                    "network",
     ),
     "densenet_patterns_ex4": ModelSpec(
         name="densenet_patterns_ex4",
@@ -195,6 +244,16 @@ MODELS: dict[str, ModelSpec] = {
         recipe=replace(_OFFLINE_DN_RECIPE, exclude_classes=(4,)),
         description="the same, never shown class 4 (stand-in for DenseNetEx4)",
     ),
+    "densenet_patterns_ex4_softplus": ModelSpec(
+        name="densenet_patterns_ex4_softplus",
+        tier="offline",
+        arch="densenet_bc",
+        arch_kwargs=_SMOOTH_DN,
+        input_size=(32, 32),
+        layers=_densenet_layers(22, 12),
+        recipe=replace(_OFFLINE_DN_RECIPE, exclude_classes=(4,)),
+        description="densenet_patterns_ex4 with Softplus for every ReLU: a smooth network",
+    ),
     "googlenet_patterns": ModelSpec(
         name="googlenet_patterns",
         tier="offline",
@@ -204,9 +263,21 @@ MODELS: dict[str, ModelSpec] = {
         layers=_gn.layers(10),
         recipe=_GN_OFFLINE_RECIPE,
         classifier="fc",
-        description=f"torchvision's GoogLeNet (Softplus, average pooling, inception4c "
-                    f"pre-activation) on the 10 pattern classes at {_GN_OFFLINE_SIZE}x"
-                    f"{_GN_OFFLINE_SIZE} (stand-in for GoogLeNet on ImageNet)",
+        description=f"torchvision's GoogLeNet (ReLU, max pooling) on the 10 pattern "
+                    f"classes at {_GN_OFFLINE_SIZE}x{_GN_OFFLINE_SIZE} (stand-in for "
+                    "GoogLeNet on ImageNet)",
+    ),
+    "googlenet_patterns_softplus": ModelSpec(
+        name="googlenet_patterns_softplus",
+        tier="offline",
+        arch="googlenet",
+        arch_kwargs=_SMOOTH_GN,
+        input_size=(_GN_OFFLINE_SIZE, _GN_OFFLINE_SIZE),
+        layers=_gn.layers(10),
+        recipe=_GN_OFFLINE_RECIPE,
+        classifier="fc",
+        description="googlenet_patterns made smooth: Softplus, average pooling, inception4c "
+                    "tapped before its activation",
     ),
     "densenet_patterns_bc100": ModelSpec(
         name="densenet_patterns_bc100",
@@ -275,6 +346,28 @@ MODELS: dict[str, ModelSpec] = {
         recipe=replace(_CIFAR_RECIPE, exclude_classes=(4,)),
         description="the same, every training image of class 4 dropped (DenseNetEx4)",
     ),
+    "resnet20_cifar": ModelSpec(
+        name="resnet20_cifar",
+        tier="real",
+        arch="resnet_cifar",
+        arch_kwargs={"depth": 20, "num_classes": 10},
+        input_size=(32, 32),
+        layers=_resnet_layers(),
+        recipe=_REAL_RECIPE,
+        description="ResNet-20 (He et al. 2016, ReLU, 0.27M weights) trained on real "
+                    "CIFAR-10 by `ifv train` (about an hour on 2 CPU cores)",
+    ),
+    "densenet22_cifar": ModelSpec(
+        name="densenet22_cifar",
+        tier="real",
+        arch="densenet_bc",
+        arch_kwargs={"depth": 22, "growth": 12, "num_classes": 10},
+        input_size=(32, 32),
+        layers=_densenet_layers(22, 12),
+        recipe=replace(_REAL_RECIPE, epochs=15),
+        description="DenseNet-BC-22 (k=12, ReLU, the paper's architecture at depth 22) "
+                    "trained on real CIFAR-10 by `ifv train` (about 1.5 h on 2 CPU cores)",
+    ),
     # SRNet (Weiss et al. 2019): 10 residual blocks of 64 filters as in FRVSR's SRNet; the
     # offline stand-in keeps them (so block8 has the paper's 64 filters) and narrows only
     # the layers at 2x and 4x resolution, which dominate the CPU time (docs/stand-ins.md)
@@ -304,29 +397,36 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The zoo entry called ``name``."""
+def get_spec(name: str, key: str = "model") -> ModelSpec:
+    """The zoo entry called ``name`` (``key``: the option the user set, for the message)."""
     if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+        raise UserError(f"unknown {key} {name!r}; valid: {', '.join(MODELS)}")
     return MODELS[name]
 
 
-def check_layer(spec: ModelSpec, layer: str, features: int | list[int]) -> list[int]:
-    """Validate a layer name and a feature selection; return the feature indices."""
+def check_layer(spec: ModelSpec, layer: str, features: int | list[int], *,
+                layer_key: str = "layer", features_key: str = "features") -> list[int]:
+    """Validate a layer name and a feature selection (the first N channels, or indices,
+    each at most once); return the feature indices. ``layer_key`` and ``features_key``: the
+    options the user set, which the messages name."""
     if layer not in spec.layers:
-        raise UserError(f"model {spec.name!r} has no layer {layer!r}; valid: "
+        raise UserError(f"{layer_key}: model {spec.name!r} has no layer {layer!r}; valid: "
                         + ", ".join(f"{k} ({c} channels)" for k, c in spec.layers.items()))
     channels = spec.layers[layer]
     idx = list(range(features)) if isinstance(features, int) else [int(i) for i in features]
     if not idx:
-        raise UserError("features must select at least one channel")
+        raise UserError(f"{features_key} must select at least one channel")
     if isinstance(features, int) and features > channels:
-        raise UserError(f"features={features} is larger than the {channels} channels of "
-                        f"{spec.name}.{layer}; valid: 1..{channels}")
+        raise UserError(f"{features_key}={features} is larger than the {channels} channels "
+                        f"of {spec.name}.{layer}; valid: 1..{channels}")
     bad = [i for i in idx if not 0 <= i < channels]
     if bad:
-        raise UserError(f"feature indices {bad} out of range for {spec.name}.{layer}; "
-                        f"valid: 0..{channels - 1}")
+        raise UserError(f"{features_key}: feature indices {bad} out of range for "
+                        f"{spec.name}.{layer}; valid: 0..{channels - 1}")
+    repeated = sorted(i for i, n in Counter(idx).items() if n > 1)
+    if repeated:
+        raise UserError(f"{features_key}: feature indices {repeated} repeated; select each "
+                        f"channel of {spec.name}.{layer} at most once")
     return idx
 
 
@@ -377,11 +477,12 @@ def load(name: str | ModelSpec, *, weights: str | None = None,
 
 
 def read_state_dict(path: Path, hint: str = "replace it") -> dict[str, torch.Tensor]:
-    """The state dict in ``path``: an ifv checkpoint or a plain (torchvision) state dict."""
+    """The state dict in ``path``: an ifv checkpoint or a plain (torchvision) state dict,
+    loaded without unpickling anything but tensors and containers (``load_tensors``)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"cannot read weights {path}: {exc.__class__.__name__}; {hint}") from None
+        obj = load_tensors(path)
+    except Refused as why:
+        raise UserError(f"cannot read weights {path}: {why}; {hint}") from None
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
