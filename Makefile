@@ -18,22 +18,24 @@ demo: install            ## the default experiment on the offline model (trains 
 	$(VENV)/bin/ifv run
 
 test: install            ## lint, then the test suite
-	$(VENV)/bin/ruff check ifv experiments tests benchmarks
+	$(VENV)/bin/ruff check ifv paper lab tests benchmarks
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check ifv experiments tests benchmarks
+	$(VENV)/bin/ruff check ifv paper lab tests benchmarks
 
 collect: install         ## gather the runs in outputs/ and multirun/ into results/
-	$(PY) -m experiments.collect
+	$(PY) -m paper.collect
 
 figures: install         ## the paper's figures, Table 1 and figures/REPORT.md from results/
-	$(PY) -m experiments.figures
-	$(PY) -m experiments.report
+	$(PY) -m paper.figures
+	$(PY) -m paper.report
 
-EXPERIMENTS := $(shell seq -f 'exp%02g' 1 25)
-BEYOND      := dnde_robust dnde_robust_tv gn4c_robust gn4c_robust_tv
-COMPARISONS := dnde_permuted dnde_rescaled_k0 dnde_rescaled_k2 dnde_seeds gn4c_permuted gn4c_rescaled_k0 gn4c_rescaled_k2
+# the 25 rows of Supp. S4, the robust experiments and the comparisons, as conf/ defines them
+names        = $(sort $(basename $(notdir $(1))))
+EXPERIMENTS := $(call names,$(wildcard ifv/conf/experiment/exp*.yaml))
+BEYOND      := $(call names,$(wildcard ifv/conf/experiment/*_robust*.yaml))
+COMPARISONS := $(call names,$(wildcard ifv/conf/comparison/*.yaml))
 
 reproduce: install       ## the 25 experiments, the robust ones and the comparisons (profile=quick, offline tier), then figures/REPORT.md
 	@start=$$(date +%s); failed=""; \
@@ -45,8 +47,8 @@ reproduce: install       ## the 25 experiments, the robust ones and the comparis
 	  echo "== compare $$c ($$(( ($$(date +%s) - start) / 60 )) min so far)"; \
 	  $(VENV)/bin/ifv compare comparison=$$c profile=quick tier=offline || failed="$$failed $$c"; \
 	done; \
-	$(PY) -m experiments.collect && $(PY) -m experiments.figures; \
-	$(PY) -m experiments.report; \
+	$(PY) -m paper.collect && $(PY) -m paper.figures; \
+	$(PY) -m paper.report; \
 	echo "reproduce: $$(( ($$(date +%s) - start) / 60 )) min"; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 

@@ -1,4 +1,4 @@
-"""Time the Jacobian methods of ifv.jacobian on small DenseNet-like CNNs (Sec. 2.1, 3.3).
+"""Time the Jacobian methods of ifv.math.jacobian on small DenseNet-like CNNs (Sec. 2.1, 3.3).
 
 Run: ``python benchmarks/bench_jacobian.py [--extra] [--threads N]``. For every case, each
 method ("batched" and "vmap" with all features' cotangents in one backward) computes y and
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ifv.jacobian import METHODS, _jacobian_batched, chunk_size, jacobian, response_and_gram
-from ifv.objective import ResponseFn
+from ifv.math.jacobian import METHODS, _jacobian_batched, chunk_size, jacobian, response_and_gram
+from ifv.math.objective import ResponseFn
 
 
 class DenseLayer(nn.Module):

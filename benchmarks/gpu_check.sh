@@ -48,7 +48,7 @@ if ! "$ENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" 
 fi
 PYE="$ENV/bin/python"
 "$PYE" -c "import ifv, torch; print('ifv from', ifv.__file__, '| torch', torch.__version__, '| CUDA', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$OUT/gpu_check.log"
-IFV=("$PYE" -m ifv.cli)
+IFV=("$PYE" -m ifv.faces.cli)
 export IFV_CACHE=$OUT/cache
 
 if [ "$MODE" = "--smoke" ]; then

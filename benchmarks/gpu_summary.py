@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.reference import TABLE1
+from paper.reference import TABLE1
 
 STAGES = ("t_fv", "t_jacobian", "t_predict", "t_reopt")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ifv.store import unpack
+from ifv.run.store import unpack
 
 RUN = ["model.weights=random", "features.n=16", "sampling.n_total=12", "fv.adam_steps=80",
        "fv.lbfgs_steps=40", "fv.batch_size=4", "reopt.steps=20", "reopt.batch_size=12",
@@ -30,7 +30,7 @@ RUN = ["model.weights=random", "features.n=16", "sampling.n_total=12", "fv.adam_
 
 def _run(stages: Path, out: Path, kill_after: float | None = None) -> float:
     """Wall seconds of one ``ifv run`` (killed after ``kill_after`` seconds, if given)."""
-    cmd = [sys.executable, "-m", "ifv.cli", "run", *RUN, f"stage_cache={stages}",
+    cmd = [sys.executable, "-m", "ifv.faces.cli", "run", *RUN, f"stage_cache={stages}",
            f"hydra.run.dir={out}"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

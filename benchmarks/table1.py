@@ -11,10 +11,10 @@ speed does not depend on the weights. Per model and device:
   step counts (``profile=paper``) are charged at those rates: (800 Adam + 300 L-BFGS) for
   DenseNet and SRNet, (3000 + 500) for GoogLeNet, per sample. Samples that converge leave
   L-BFGS early in a real run, so this is an upper bound of the run's time.
-- Dy + G: ``ifv.jacobian.response_and_gram`` with method auto (and on CUDA each method).
+- Dy + G: ``ifv.math.jacobian.response_and_gram`` with method auto (and on CUDA each method).
   Its floor: one forward and one VJP vmapped over all n_f one-hot cotangents (in as few
   calls as memory allows), with nothing else: no copy into Dy, no Gram product.
-- x*: ``ifv.inverse.solve`` for the batch's (y, G).
+- x*: ``ifv.math.inverse.solve`` for the batch's (y, G).
 - re-opt: 500 Adam steps per sample and objective at the re-optimization batch.
 
 On the CPU the batches are small (``--cpu-batch``, default 2) and Dy + G and its floor are
@@ -42,17 +42,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from experiments.reference import TABLE1
-from ifv.config import compose
 from ifv.device import resolve, synchronize
 from ifv.errors import UserError
-from ifv.fv import adam, lbfgs
-from ifv.inverse import solve
-from ifv.jacobian import METHODS, cotangent_chunk, response_and_gram, saved_bytes
-from ifv.objective import ResponseFn
-from ifv.sampling import uniform_sphere
-from ifv.setting import Bound, Setting
-from ifv.store import atomic_write, check_outputs
+from ifv.faces.config import compose
+from ifv.files import atomic_write, check_outputs
+from ifv.math.fv import adam, lbfgs
+from ifv.math.inverse import solve
+from ifv.math.jacobian import METHODS, cotangent_chunk, response_and_gram, saved_bytes
+from ifv.math.objective import ResponseFn
+from ifv.math.sampling import uniform_sphere
+from ifv.run.setting import Bound, Setting
+from paper.reference import TABLE1
 
 OUT_FILES = ("table1_bench.csv", "table1_bench.md")
 

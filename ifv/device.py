@@ -10,6 +10,7 @@ a GPU node can be read on a CPU-only machine.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,9 +73,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def to(obj: Any, device: torch.device | str) -> Any:
-    """``obj`` with every tensor in it (dicts, lists, tuples) moved to ``device``."""
+    """``obj`` with every tensor in it (dicts, lists, tuples, dataclass fields) moved to
+    ``device``."""
     if isinstance(obj, Tensor):
         return obj.to(device)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: to(getattr(obj, f.name), device)
+                                          for f in dataclasses.fields(obj)})
     if isinstance(obj, dict):
         return {k: to(v, device) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -1,4 +1,4 @@
-"""Tests for experiments.collect (issue 6, part 3): run directories -> results/."""
+"""Tests for paper.collect (issue 6, part 3): run directories -> results/."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 
-from experiments import synthetic
-from experiments.collect import main
-from experiments.results import Results
+from paper.collect import main
+from paper.runs import Results
 
 T0 = 1_700_000_000.0  # a fixed time stamp; the duplicate run is one day newer
 

@@ -1,5 +1,5 @@
 """``ifv compare``: planted copies, the algebra of the correspondence, the baseline, the
-outputs and the command's errors (ifv.comparison)."""
+outputs and the command's errors (ifv.faces.compare)."""
 
 from __future__ import annotations
 
@@ -13,28 +13,26 @@ import torch
 from torch import Tensor, nn
 
 import ifv
-from experiments.collect import comparison_name
-from ifv.cli import main
-from ifv.comparison import (
+from ifv.errors import UserError
+from ifv.faces.cli import main
+from ifv.faces.correspondence import write
+from ifv.math.fv import FVSettings
+from ifv.math.inverse import solve, unit, z_k
+from ifv.math.matching import (
     agreement,
-    channel_groups,
     correlation,
-    draw_planted,
     expected_objective,
     fit_scales,
     hungarian,
-    planted_copy,
     shares,
-    write,
 )
-from ifv.errors import UserError
-from ifv.fv import FVSettings
-from ifv.inverse import solve, unit, z_k
-from ifv.metrics import angular_distance
-from ifv.models.densenet import DenseNetBC
-from ifv.models.googlenet import GoogLeNetFV
-from ifv.objective import tap
-from ifv.setting import Robust
+from ifv.math.metrics import angular_distance
+from ifv.math.objective import tap
+from ifv.math.robust import Robust
+from ifv.zoo.models.densenet import DenseNetBC
+from ifv.zoo.models.googlenet import GoogLeNetFV
+from ifv.zoo.surgery import draw_planted, planted_copy
+from paper.collect import comparison_name
 
 FAST = FVSettings(adam_steps=40, lbfgs_steps=40, batch_size=64)
 RANDOM = ["model.weights=random", "compare.objectives=2", "compare.pairs=0",
@@ -68,7 +66,7 @@ def _tiny_densenet() -> nn.Module:
 def test_densenet_copy_computes_the_same_function(layer: str) -> None:
     torch.manual_seed(0)
     net = _perturb_bn(DenseNetBC(depth=22, growth=12, activation="softplus"))
-    groups = channel_groups(net, layer)
+    groups = net.channel_groups(layer)
     assert sum(groups) == tap(net, layer, torch.rand(1, 3, 32, 32)).shape[1]
     perm, d = draw_planted(groups, torch.Generator().manual_seed(0), scale=3.0)
     b = planted_copy(net, layer, perm, d)
@@ -85,8 +83,8 @@ def test_googlenet_copy_computes_the_same_function() -> None:
     torch.manual_seed(0)
     net = _perturb_bn(GoogLeNetFV(10, activation="softplus", pool="avg",
                                   preactivation=["inception4c"]))
-    assert channel_groups(net, "inception4c") == [128, 256, 64, 64]
-    perm, d = draw_planted(channel_groups(net, "inception4c"),
+    assert net.channel_groups("inception4c") == [128, 256, 64, 64]
+    perm, d = draw_planted(net.channel_groups("inception4c"),
                            torch.Generator().manual_seed(0), scale=3.0)
     b = planted_copy(net, "inception4c", perm, d)
     x = torch.rand(2, 3, 64, 64)
@@ -95,7 +93,7 @@ def test_googlenet_copy_computes_the_same_function() -> None:
         a_t, b_t = tap(net, "inception4c", x), tap(b, "inception4c", x)
     torch.testing.assert_close(b_t[:, perm], d[perm].float().view(1, -1, 1, 1) * a_t,
                                rtol=1e-4, atol=1e-4)
-    perm4b, d4b = draw_planted(channel_groups(net, "inception4b"),
+    perm4b, d4b = draw_planted(net.channel_groups("inception4b"),
                                torch.Generator().manual_seed(0), scale=3.0)
     planted_copy(net, "inception4b", perm4b)  # permuting needs no pre-activation tap ...
     with pytest.raises(UserError, match="pre-activation"):  # ... rescaling does
@@ -166,11 +164,11 @@ def test_googlenet_planted_copy_is_recovered(planted: str, k: float) -> None:
 def test_planted_copy_refuses_what_it_cannot_do() -> None:
     net = DenseNetBC(depth=10, growth=4).eval()
     with pytest.raises(UserError, match="dense1, dense2, dense3"):
-        channel_groups(net, "trans1")
+        planted_copy(net, "trans1", torch.arange(9))
     with pytest.raises(ValueError, match="within the channel groups"):
         planted_copy(net, "dense3", torch.arange(9).flip(0))
     with pytest.raises(UserError, match="DenseNet-BC and GoogLeNet"):
-        channel_groups(nn.Sequential(nn.Conv2d(3, 4, 1)), "0")
+        planted_copy(nn.Sequential(nn.Conv2d(3, 4, 1)), "0", torch.arange(4))
 
 
 def _planted_problem(k: float, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from ifv.cli import config_sweep, main
-from ifv.config import choices, compose
-from ifv.models import get_spec
-from ifv.setting import Experiment
+from ifv.faces.cli import config_sweep, main
+from ifv.faces.config import choices, compose
+from ifv.run.setting import Experiment
+from ifv.zoo import get_spec
+from paper.reference import s4_table
 
 # Supp. S4, written out from the paper (not from the configs):
 # id -> (network, layer, features, aggregation, k, parametrization); features is the paper's
@@ -62,6 +63,8 @@ MODELS = {
     ("densenet_ex4", "offline"): "densenet_patterns_ex4",
     ("srnet", "paper"): "srnet", ("srnet", "offline"): "srnet_geometry",
 }
+PARAM_NAMES = {"rgb": ("RGB",), "fft": ("FFT",), "ffte": ("FFT-E",),
+               "geometry_fixed": ("mask = 1",), "geometry_free": ("mask in [-1, 1]",)}
 PAPER_CHANNELS = {"inception4c": 512, "classifier": 10, "dense3": 342, "block8": 64}
 # (targets, FV Adam steps, FV L-BFGS steps, re-optimization steps) per profile and network:
 # paper from Sec. 3.2, 3.4, 3.5, 3.7; quick as documented in conf/profile/quick.yaml
@@ -130,6 +133,10 @@ def test_experiment_matches_its_s4_row(i: int) -> None:
             assert exp.reopt.lbfgs_steps == 0  # re-optimization is FV without L-BFGS
             assert exp.critical.search == (i in CRITICAL)
             assert exp.n_canonical == (10 if i in CRITICAL else targets // 2)
+        # the row of the paper's table the config holds (paper.reference, the README) agrees
+        assert (cfg.s4.k, cfg.s4.alias) == (k, alias)
+        assert cfg.s4.network.lower().replace("ex4", "_ex4") == network
+        assert cfg.s4.param in PARAM_NAMES[param]
         # the alias is the same experiment, under the same name
         same = compose([f"experiment={alias}", *args], with_hydra=True)
         assert job_config(same) == job_config(cfg)
@@ -232,3 +239,18 @@ def test_sweep_errors_are_one_line(args: list[str], expect: str,
     assert main(["run", "model.weights=random", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert expect in err and len(err.splitlines()) == 1
+
+
+def test_the_readme_table_is_the_configs() -> None:
+    """The README's table of the 25 experiments is generated from their configs' rows."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert s4_table() in readme
+
+
+def test_make_reproduce_runs_every_experiment_of_the_configs() -> None:
+    """The Makefile takes the experiments, the robust ones and the comparisons from conf/."""
+    make = (Path(__file__).parents[1] / "Makefile").read_text()
+    assert "$(wildcard ifv/conf/experiment/exp*.yaml)" in make
+    assert "$(wildcard ifv/conf/experiment/*_robust*.yaml)" in make
+    assert "$(wildcard ifv/conf/comparison/*.yaml)" in make
+

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ifv.critical import (
+from ifv.math.critical import (
     best_space,
     cokernel_approximation,
     complement,
@@ -17,7 +17,7 @@ from ifv.critical import (
     rho_search,
     slerp,
 )
-from ifv.metrics import angular_distance
+from ifv.math.metrics import angular_distance
 
 F64 = torch.float64
 

@@ -1,6 +1,6 @@
 """Data a user places: CIFAR-10's pickled batches are read without running their code
-(``ifv.data.cifar.SafeUnpickler``), and ImageFolder trees, folders or zips, are decoded
-with Pillow (``ifv.data.imagefolder``)."""
+(``ifv.zoo.data.cifar.SafeUnpickler``), and ImageFolder trees, folders or zips, are decoded
+with Pillow (``ifv.zoo.data.imagefolder``)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ifv.data.cifar import CLASSES, load_cifar10
-from ifv.data.imagefolder import is_image_folder, read_image_folder
 from ifv.errors import UserError
-from ifv.models import get_spec
-from ifv.train import dataset
+from ifv.zoo import get_spec
+from ifv.zoo.data.cifar import CLASSES, load_cifar10
+from ifv.zoo.data.imagefolder import is_image_folder, read_image_folder
+from ifv.zoo.train import dataset
 
 
 class _Payload:

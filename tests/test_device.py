@@ -12,23 +12,23 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from ifv import api
-from ifv.config import compose
 from ifv.device import devices, resolve, to
 from ifv.errors import UserError
-from ifv.jacobian import (
+from ifv.faces import api
+from ifv.faces.config import compose
+from ifv.math.jacobian import (
     cotangent_chunk,
     jacobian,
     pick,
     response_and_gram,
     saved_bytes,
 )
-from ifv.metrics import ssim
-from ifv.objective import Response
-from ifv.param import RGB
-from ifv.pipeline import run
-from ifv.setting import Experiment, Setting
-from ifv.store import StageCache
+from ifv.math.metrics import ssim
+from ifv.math.objective import Response
+from ifv.math.param import RGB
+from ifv.run.pipeline import run
+from ifv.run.setting import Experiment, Setting
+from ifv.run.store import StageCache
 
 CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -122,7 +122,7 @@ def test_chunked_cotangents_give_the_loops_jacobian(small_cnn: torch.nn.Module,
 
 def test_a_small_budget_splits_the_cotangents(small_cnn: torch.nn.Module,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import ifv.jacobian as jac
+    import ifv.math.jacobian as jac
 
     fn = Response(small_cnn, torch.sigmoid, "conv2", [0, 1, 2, 3, 4, 5])
     v = torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -212,7 +212,7 @@ def test_a_gpu_run_is_close_to_the_same_run_on_the_cpu(tmp_path: Path) -> None:
 @cuda
 def test_invert_and_visualize_on_cuda() -> None:
     x = torch.eye(4, dtype=torch.float64)[:2]
-    from ifv.fv import FVSettings
+    from ifv.math.fv import FVSettings
 
     images = api.visualize(x, features=4, weights="random", device="cuda",
                            settings=FVSettings(adam_steps=5, lbfgs_steps=5), progress=False)

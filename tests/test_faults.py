@@ -1,6 +1,6 @@
 """Nothing lost: runs killed and resumed, damaged cache entries, two processes on one cache,
 NaN-producing targets. Faults are injected for real: SIGKILL through ``IFV_FAULT``
-(``ifv.store``), truncated and bit-flipped files, concurrent processes."""
+(``ifv.run.store``), truncated and bit-flipped files, concurrent processes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ifv.cli import main
+from ifv.faces.cli import main
 
 # three FV batches, three Jacobian parts, six re-optimization batches
 TINY = ["model.weights=random", "features.n=4", "sampling.n_total=6", "fv.adam_steps=10",
@@ -27,7 +27,7 @@ def _ifv(args: list[str], fault: str | None = None) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if k != "IFV_FAULT"}
     if fault:
         env["IFV_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "ifv.cli", *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "ifv.faces.cli", *args], env=env, text=True,
                           capture_output=True, timeout=300)
 
 
@@ -103,7 +103,7 @@ def test_two_processes_on_one_cache_compute_a_stage_once(tmp_path: Path) -> None
     stages = tmp_path / "stages"
     slow = [a for a in TINY if not a.startswith("fv.adam_steps")] + ["fv.adam_steps=150"]
     env = {k: v for k, v in os.environ.items() if k != "IFV_FAULT"}
-    procs = [subprocess.Popen([sys.executable, "-m", "ifv.cli", "run", *slow,
+    procs = [subprocess.Popen([sys.executable, "-m", "ifv.faces.cli", "run", *slow,
                                f"stage_cache={stages}", f"hydra.run.dir={tmp_path / str(i)}"],
                               env=env, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for i in range(2)]

@@ -1,4 +1,4 @@
-"""Tests for experiments.figures and experiments.report (issue 6, parts 4 and 5): the paper's
+"""Tests for paper.figures and paper.report (issue 6, parts 4 and 5): the paper's
 figures, Table 1 and REPORT.md from synthetic results with planted values."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 from matplotlib.image import imread
 
-from experiments import synthetic
-from experiments.beyond import comparison_table, robust_table
-from experiments.collect import collect, collect_comparisons
-from experiments.figures import build, sphere_hoyer
-from experiments.figures import main as figures_main
-from experiments.reference import CLAIMS, TABLE1, NotApplicable, hf_share, table1
-from experiments.report import NA, NO, NOT_RUN, YES, evaluate
-from experiments.report import main as report_main
-from experiments.results import NotRun, Results
+from paper.beyond import comparison_table, robust_table
+from paper.collect import collect, collect_comparisons
+from paper.figures import build, sphere_hoyer
+from paper.figures import main as figures_main
+from paper.reference import CLAIMS, TABLE1, NotApplicable, hf_share, table1
+from paper.report import NA, NO, NOT_RUN, YES, evaluate
+from paper.report import main as report_main
+from paper.runs import NotRun, Results
 
 ONES = np.ones(10) / np.sqrt(10)
 _ORTH = np.eye(10)[0] - ONES[0] * ONES  # orthogonal to ONES

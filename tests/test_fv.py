@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ifv.fv import FVSettings, lbfgs, losses, realize
-from ifv.objective import Response
+from ifv.math.fv import FVSettings, lbfgs, losses, realize
+from ifv.math.objective import Response
 
 
 def _setup(small_cnn: nn.Module) -> tuple[Response, torch.Tensor, torch.Tensor]:

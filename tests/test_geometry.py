@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ifv.data.geometry import (
+from ifv.zoo.data.geometry import (
     BACKGROUND,
     make_geometry,
     pixel_centers,

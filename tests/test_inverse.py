@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ifv.inverse import solve, substitution, z_k, z_k_inv
-from ifv.metrics import angular_distance
-from ifv.objective import Response, significance
+from ifv.math.inverse import solve, substitution, z_k, z_k_inv
+from ifv.math.metrics import angular_distance
+from ifv.math.objective import Response, significance
 
 
 def _jacobian(response: Response, v: torch.Tensor) -> torch.Tensor:

@@ -13,17 +13,17 @@ from PIL import Image
 from torch import Tensor, nn
 
 import ifv
-from ifv.cli import main
 from ifv.errors import UserError
-from ifv.fv import FVSettings, realize
-from ifv.images import EPS, to_params
-from ifv.inverse import solve, unit, z_k, z_k_inv
-from ifv.jacobian import response_and_gram
-from ifv.kink import Kinks, tangent_gram
-from ifv.metrics import angular_distance
-from ifv.objective import Response
-from ifv.param import make_param
-from ifv.setting import Setting
+from ifv.faces.cli import main
+from ifv.math.fv import FVSettings, realize
+from ifv.math.inverse import solve, unit, z_k, z_k_inv
+from ifv.math.jacobian import response_and_gram
+from ifv.math.kink import Kinks, tangent_gram
+from ifv.math.metrics import angular_distance
+from ifv.math.objective import Response
+from ifv.math.param import make_param
+from ifv.run.images import EPS, to_params
+from ifv.run.setting import Setting
 
 K = 2.0
 SHAPE = (3, 4, 5)  # C, H, W of the planted network's input (H != W catches transposes)
@@ -159,7 +159,7 @@ def test_critical_space_removes_the_trivial_solution(tmp_path: Path) -> None:
 
 
 def test_visualize_is_fv_rendered(small_cnn: nn.Module) -> None:
-    """ifv.visualize = P(v*) of ifv.fv.realize on unit targets; ifv.invert reads it back."""
+    """ifv.visualize = P(v*) of ifv.math.fv.realize on unit targets; ifv.invert reads it back."""
     x = torch.tensor([[3.0, 0, 0, 0, 0, 4.0], [0, 1.0, 0, 0, 0, 0]], dtype=torch.float64)
     settings = FVSettings(adam_steps=20, lbfgs_steps=5)
     images = ifv.visualize(x, model=small_cnn, layer="conv2", features="all", size=(8, 8),
@@ -338,7 +338,7 @@ def _no_network(*_: object, **__: object) -> None:
 def test_weights_are_read_as_tensors_only(tmp_path: Path) -> None:
     """A .pt whose unpickling would run code is refused in one line that does not suggest
     weights_only=False, and its code never runs; a damaged file is refused the same way."""
-    from ifv.models.registry import read_state_dict
+    from ifv.zoo.registry import read_state_dict
 
     marker = tmp_path / "MARKER"
     with pytest.raises(UserError) as err:
@@ -358,7 +358,7 @@ def test_weights_are_read_as_tensors_only(tmp_path: Path) -> None:
 def test_top_level_api() -> None:
     assert ifv.__all__ == ["Comparison", "FVSettings", "Inversion", "Setting", "compare", "invert",
                            "visualize"]
-    from ifv import inverse
+    from ifv.math import inverse
 
-    assert not hasattr(inverse, "invert")  # end to end lives in ifv.api alone
+    assert not hasattr(inverse, "invert")  # end to end lives in ifv.faces.api alone
     assert callable(realize) and callable(response_and_gram) and callable(solve)

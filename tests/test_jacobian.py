@@ -1,4 +1,4 @@
-"""Tests of ifv.jacobian: y, Dy and G = Dy Dy^T against per-sample autograd (Sec. 2.1)."""
+"""Tests of ifv.math.jacobian: y, Dy and G = Dy Dy^T against per-sample autograd (Sec. 2.1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ifv.jacobian import METHODS, gram, jacobian, response_and_gram
+from ifv.math.jacobian import METHODS, gram, jacobian, response_and_gram
 
 B, SHAPE, N_F = 3, (3, 8, 8), 5
 N_P = 3 * 8 * 8

@@ -1,4 +1,4 @@
-"""The tangent condition at a kink (ifv.kink, docs/kinks.md) against known answers."""
+"""The tangent condition at a kink (ifv.math.kink, docs/kinks.md) against known answers."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ifv.inverse import solve, unit, z_k
-from ifv.jacobian import response_and_gram
-from ifv.kink import Kinks, directions, mixings, project_kinks, tangent_gram
-from ifv.metrics import angular_distance
-from ifv.objective import Response, significance
-from ifv.param import make_param
+from ifv.math.inverse import solve, unit, z_k
+from ifv.math.jacobian import response_and_gram
+from ifv.math.kink import Kinks, directions, mixings, project_kinks, tangent_gram
+from ifv.math.metrics import angular_distance
+from ifv.math.objective import Response, significance
+from ifv.math.param import make_param
 
 
 def _planted(n_f: int = 5, n_p: int = 40, m: int = 7, seed: int = 0

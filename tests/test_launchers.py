@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ifv.cli import main
-from ifv.config import compose
+from ifv.faces.cli import main
+from ifv.faces.config import compose
 
-# ifv.cli silences this one for users (conf/hydra/launcher/joblib.yaml); pytest resets filters
+# ifv.faces.cli silences this one for users (conf/hydra/launcher/joblib.yaml); pytest resets filters
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:\s*'hydra/launcher/joblib' is validated against:UserWarning")
 

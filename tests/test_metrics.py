@@ -1,4 +1,4 @@
-"""Tests for ifv.metrics (Sec. 3.4, 3.5, caption of Fig. 2)."""
+"""Tests for ifv.math.metrics (Sec. 3.4, 3.5, caption of Fig. 2)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from ifv.inverse import full_space, solve, unit, z_k
-from ifv.metrics import (
+from ifv.math.inverse import full_space, solve, unit, z_k
+from ifv.math.metrics import (
     alpha,
     alpha_coefficients,
     angular_distance,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ifv.objective import Response, aggregate, significance, tap
+from ifv.math.objective import Response, aggregate, significance, tap
 
 
 def test_maxpool_mean_by_hand() -> None:

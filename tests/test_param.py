@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ifv.param import FFT, FFTE, PARAMS, RGB, Geometry, frequency_scale, make_param
+from ifv.math.param import FFT, FFTE, PARAMS, RGB, Geometry, frequency_scale, make_param
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -128,7 +128,7 @@ def test_fft_init_output_range_and_gradients() -> None:
 
 
 def test_fft_works_with_torch_func_vjp_vmap() -> None:
-    """ifv.jacobian's "vmap" method differentiates P through torch.func."""
+    """ifv.math.jacobian's "vmap" method differentiates P through torch.func."""
     p = FFTE(8, 8)
     v = p.init(2, _gen(6)).double()
     _, vjp_fn = torch.func.vjp(lambda u: p(u).mean((-2, -1)), v)  # (2, 3)

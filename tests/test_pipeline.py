@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ifv.cli import main
-from ifv.pipeline import outputs
-from ifv.results import CRITICAL, RESULTS, markdown
+from ifv.faces.cli import main
+from ifv.run.pipeline import outputs
+from ifv.run.results import CRITICAL, RESULTS, markdown
 
 TINY = ["model.weights=random", "features.n=4", "sampling.n_total=4", "fv.adam_steps=3",
         "fv.lbfgs_steps=3", "reopt.steps=2", "progress=false"]
@@ -33,7 +33,7 @@ def test_tiny_run_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(crit) == 1 and crit.best.all() and len(crit.complement[0]) == 0
     for png in ("angle_ssim.png", "alpha.png", "realizations.png", "ssim_kde.png"):
         assert (out / png).stat().st_size > 1000
-    # what the run wrote is what `ifv run` checks before any work (ifv.pipeline.outputs)
+    # what the run wrote is what `ifv run` checks before any work (ifv.run.pipeline.outputs)
     assert {p.name for p in out.glob("*.p*")} | {"images.npz"} <= set(outputs())
     with np.load(out / "images.npz") as im:
         assert im["before"].shape == (4, 3, 32, 32) and im["targets"].shape == (4, 4)
@@ -180,7 +180,7 @@ def test_a_closed_pipe_ends_quietly(args: list[str]) -> None:
 
     read, write = os.pipe()
     os.close(read)  # the reader has gone before ifv writes
-    proc = subprocess.run([sys.executable, "-m", "ifv.cli", *args], stdout=write,
+    proc = subprocess.run([sys.executable, "-m", "ifv.faces.cli", *args], stdout=write,
                           stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write)
     assert proc.returncode == 0 and proc.stderr == ""
@@ -207,7 +207,7 @@ def test_a_bad_point_of_a_sweep_stops_it_before_any_work(
 
 def test_the_schema_document_is_current() -> None:
     doc = Path(__file__).parents[1] / "docs" / "results.md"
-    assert doc.read_text() == markdown(), "regenerate: python -m ifv.results > docs/results.md"
+    assert doc.read_text() == markdown(), "regenerate: python -m ifv.run.results > docs/results.md"
     for column in RESULTS:
         assert f"| `{column}` |" in doc.read_text()
 

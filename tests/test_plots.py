@@ -1,4 +1,4 @@
-"""Tests for ifv.plots: every diagram draws a plausible figure, also on degenerate data; the
+"""Tests for ifv.run.plots: every diagram draws a plausible figure, also on degenerate data; the
 drawing functions write no files, ``save`` writes atomically, ``run_figures`` writes a run's
 PNGs, and composed PDFs are vector (images only where a diagram shows images)."""
 
@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 import torch
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from experiments import synthetic
-from ifv.plots import (
+from ifv.run.plots import (
     ANGLE_SSIM_SIZE,
     SSIM_KDE_SIZE,
     Size,

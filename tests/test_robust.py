@@ -1,4 +1,4 @@
-"""Grad-IFV for robust FV (ifv.robust) on planted problems with known answers."""
+"""Grad-IFV for robust FV (ifv.math.robust) on planted problems with known answers."""
 
 from __future__ import annotations
 
@@ -7,19 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from ifv import transform as T
-from ifv.api import _next_residual
-from ifv.inverse import solve, substitution, unit, z_k
-from ifv.metrics import angular_distance, relative_residual
-from ifv.objective import Response
-from ifv.robust import (
+from ifv.math import transform as T
+from ifv.math.inverse import solve, substitution, unit, z_k
+from ifv.math.metrics import angular_distance, next_residual, relative_residual
+from ifv.math.objective import Response, responses_under
+from ifv.math.robust import (
     ESTIMATORS,
     Quantities,
     mean_gram,
     prior_weight,
     project_prior,
     quantities,
-    responses_under,
     second_gram,
     solve_known_weight,
     solve_mean,
@@ -129,7 +127,7 @@ def test_single_transform_is_inverse_solve(k: int) -> None:
         if c is None:
             assert torch.allclose(s.residual, relative_residual(x, y, gr, k), atol=1e-10)
         # the runner-up's residual is plain Grad-IFV's (``ifv invert``'s next_residual)
-        assert torch.allclose(s.next_residual, _next_residual(y, gr, k, c if c is not None
+        assert torch.allclose(s.next_residual, next_residual(y, gr, k, c if c is not None
                                                               else torch.eye(6, dtype=F64)),
                               atol=1e-10)
 

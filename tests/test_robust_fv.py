@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import ifv
-from ifv.cli import main
 from ifv.errors import UserError
-from ifv.fv import (
+from ifv.faces.cli import main
+from ifv.math.fv import (
     FVSettings,
     adam,
     averaged_steps,
@@ -24,10 +24,12 @@ from ifv.fv import (
     realize,
     settings_key,
 )
-from ifv.objective import Response
-from ifv.param import make_param
-from ifv.prior import PENALTIES, Prior
-from ifv.setting import Robust, Setting, transform_steps
+from ifv.math.objective import Response
+from ifv.math.param import make_param
+from ifv.math.prior import PENALTIES, Prior
+from ifv.math.robust import Robust
+from ifv.math.transform import build
+from ifv.run.setting import Setting
 
 TINY = ["model.weights=random", "features.n=4", "sampling.n_total=2", "fv.adam_steps=2",
         "fv.lbfgs_steps=2", "fv.transform_samples=2", "reopt.steps=1", "inversion.samples=2",
@@ -52,7 +54,7 @@ def test_transforms_that_do_nothing_give_the_bare_realizations(small_cnn: nn.Mod
     response, x = _response(small_cnn), _x()
     init = _init
     bare = realize(response, x, 2, SETTINGS, init=init, seed=3, progress=False)
-    still = transform_steps((("pad", 0), ("jitter", 0)), 8, 8)
+    still = build((("pad", 0), ("jitter", 0)), 8, 8)
     same = realize(response, x, 2, SETTINGS, init=init, seed=3, progress=False,
                    transform=still)
     assert torch.allclose(bare.v, same.v, rtol=1e-9, atol=1e-12)
@@ -60,7 +62,7 @@ def test_transforms_that_do_nothing_give_the_bare_realizations(small_cnn: nn.Mod
 
 def test_transforms_are_deterministic_per_seed(small_cnn: nn.Module) -> None:
     response, x = _response(small_cnn), _x()
-    t = transform_steps((("pad", 1), ("jitter", 2), ("rotate", (-10.0, 0.0, 10.0))), 8, 8)
+    t = build((("pad", 1), ("jitter", 2), ("rotate", (-10.0, 0.0, 10.0))), 8, 8)
     prior = Prior("tv", response.param, 0.5)
     runs = [realize(response, x, 2, SETTINGS, init=_init, seed=s,
                     progress=False, transform=t, prior=prior) for s in (3, 3, 4)]
@@ -269,10 +271,10 @@ def test_inversion_draws_are_fvs_own_where_ifv_made_the_realizations(small_cnn: 
 
 
 def test_robust_curve_plot(tmp_path: Path) -> None:
-    """``experiments.robust_curve --plot`` draws a panel per run file into a PNG."""
+    """``lab.robust_curve --plot`` draws a panel per run file into a PNG."""
     from PIL import Image
 
-    from experiments.robust_curve import plot
+    from lab.robust_curve import plot
 
     run = {"k": 2.0, "prior": "none", "maker": "ifv", "fv_samples": 16, "plain": 88.0,
            "response": 60.0, "fv_draws": {"relative": 8.0, "mean": 10.0},

@@ -1,4 +1,4 @@
-"""The second-order condition's pieces (experiments.robust_newton) on problems with a
+"""The second-order condition's pieces (lab.robust_newton) on problems with a
 known answer: the Hessian against autograd's, the damped inverse against an explicit one,
 and a planted displacement that the metric undoes where the plain condition does not."""
 
@@ -9,15 +9,15 @@ import sys
 import pytest
 import torch
 
-from experiments.robust_newton import (
+from ifv.math.metrics import angular_distance
+from ifv.math.objective import significance
+from lab.robust_newton import (
     displacement_factor,
     expected_hessian,
     main,
     metric_cross,
     solve_in_metric,
 )
-from ifv.metrics import angular_distance
-from ifv.objective import significance
 
 
 def _smooth_responses(n_f: int, n_p: int, n_t: int, seed: int) -> list:

@@ -1,4 +1,4 @@
-"""Tests for ifv.sampling: Hoyer sparseness, curvilinear search, target sampling (Supp. S2)."""
+"""Tests for ifv.math.sampling: Hoyer sparseness, curvilinear search, target sampling (Supp. S2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ifv.sampling import (
+from ifv.math.sampling import (
     _hoyer_and_grad,
     canonical,
     curvilinear_search,

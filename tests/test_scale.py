@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ifv.cli import config_sweep, main
-from ifv.config import compose
 from ifv.errors import UserError
-from ifv.models import get_spec, load
-from ifv.models.registry import NETWORKS, model_for, widths
-from ifv.objective import tap
-from ifv.setting import Experiment
+from ifv.faces.cli import config_sweep, main
+from ifv.faces.config import compose
+from ifv.math.objective import tap
+from ifv.run.setting import Experiment
+from ifv.zoo import get_spec, load
+from ifv.zoo.registry import NETWORKS, model_for, widths
 
 ROOT = Path(__file__).resolve().parents[1]
 

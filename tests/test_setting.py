@@ -1,4 +1,4 @@
-"""ifv.setting: one validation for every face, one model-provisioning policy."""
+"""ifv.run.setting: one validation for every face, one model-provisioning policy."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import ifv
-from ifv import train as train_module
-from ifv.cli import main
 from ifv.errors import UserError
-from ifv.models.registry import ModelSpec
-from ifv.setting import Setting
-from ifv.train import save_checkpoint
+from ifv.faces.cli import main
+from ifv.run.setting import Setting
+from ifv.zoo import train as train_module
+from ifv.zoo.registry import ModelSpec
+from ifv.zoo.train import save_checkpoint
 
 
 @pytest.mark.parametrize(("kwargs", "expect"), [
@@ -84,7 +84,7 @@ def test_the_selection_resolves_against_the_layer() -> None:
 
 
 def _fake_train(calls: list[str]) -> Any:
-    """``ifv.train.train`` without the training: a freshly initialized checkpoint."""
+    """``ifv.zoo.train.train`` without the training: a freshly initialized checkpoint."""
     def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool = True,
               **_: Any) -> dict[str, Any]:
         calls.append(spec.name)

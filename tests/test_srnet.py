@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from ifv.errors import UserError
-from ifv.models import get_spec, load
-from ifv.models.registry import record_of
-from ifv.models.srnet import SRNet, geometry_loss, srnet_layers, upscale, upscaling_quality
-from ifv.objective import tap
+from ifv.math.objective import tap
+from ifv.zoo import get_spec, load
+from ifv.zoo.models.srnet import SRNet, geometry_loss, srnet_layers, upscale, upscaling_quality
+from ifv.zoo.registry import record_of
 
 
 def test_output_is_four_times_the_input() -> None:
@@ -67,7 +67,7 @@ def test_paper_tier_needs_weights_from_a_path(tmp_path) -> None:  # noqa: ANN001
     torch.save(state, tmp_path / "weiss.pt")
     model = load("srnet", weights=str(tmp_path / "weiss.pt"))
     assert not any(p.requires_grad for p in model.parameters())
-    from ifv.train import train
+    from ifv.zoo.train import train
 
     with pytest.raises(UserError, match="not public"):
         train(get_spec("srnet"), tmp_path, progress=False)
@@ -94,7 +94,7 @@ def test_quality_metrics_by_hand() -> None:
 def test_short_training_beats_its_start(tmp_path) -> None:  # noqa: ANN001
     """A tiny recipe: the loss on held-out images falls below bilinear upscaling's (the
     network's starting point), and the record and checkpoint are written."""
-    from ifv.train import train
+    from ifv.zoo.train import train
 
     spec = get_spec("srnet_geometry").with_recipe(n_train=16, n_test=4, low=16, crop=8,
                                                   steps=50, batch_size=8)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ifv.errors import UserError
-from ifv.store import atomic_write, check_file, check_outputs, check_writable, content_key
+from ifv.files import atomic_write, check_file, check_outputs, check_writable, content_key
 
 
 def test_atomic_write_gives_the_permissions_open_would(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_content_key_ignores_key_order() -> None:
 def test_a_checked_entry_refuses_truncation_and_flipped_bits() -> None:
     import torch
 
-    from ifv.store import Damaged, pack, unpack
+    from ifv.run.store import Damaged, pack, unpack
 
     obj = {"v": torch.arange(1000, dtype=torch.float64), "n": 3}
     data = pack(obj)
@@ -128,7 +128,7 @@ class _Payload:
 def test_load_tensors_never_runs_a_pickle(tmp_path: Path) -> None:
     import torch
 
-    from ifv.store import Refused, load_tensors
+    from ifv.files import Refused, load_tensors
 
     marker = tmp_path / "MARKER"
     torch.save({"w": torch.ones(2), "evil": _Payload(marker)}, tmp_path / "evil.pt")

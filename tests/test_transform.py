@@ -1,4 +1,4 @@
-"""Transformation robustness ops and presets (ifv.transform) against hand-computed answers."""
+"""Transformation robustness ops and presets (ifv.math.transform) against hand-computed answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ifv import transform as T
+from ifv.math import transform as T
 
 
 def _image(b: int = 2, c: int = 3, h: int = 9, w: int = 9, seed: int = 0) -> torch.Tensor:

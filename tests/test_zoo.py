@@ -23,14 +23,14 @@ import torchvision
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d
 
-from ifv.cli import main
-from ifv.data import cifar
 from ifv.errors import UserError
-from ifv.models import MODELS, Recipe, get_spec, load, registry
-from ifv.models.densenet import DenseNetBC
-from ifv.models.googlenet import GoogLeNetFV
-from ifv.objective import tap
-from ifv.train import dataset, pad_crop
+from ifv.faces.cli import main
+from ifv.math.objective import tap
+from ifv.zoo import MODELS, Recipe, get_spec, load, registry
+from ifv.zoo.data import cifar
+from ifv.zoo.models.densenet import DenseNetBC
+from ifv.zoo.models.googlenet import GoogLeNetFV
+from ifv.zoo.train import dataset, pad_crop
 
 HUB_FILE = "googlenet-1378be20.pth"
 CLASSIFIERS = [n for n, s in MODELS.items() if s.arch in ("densenet_bc", "googlenet")]

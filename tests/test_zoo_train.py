@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ifv.models import get_spec
-from ifv.models.registry import read_state_dict, record_of
-from ifv.train import train
+from ifv.zoo import get_spec
+from ifv.zoo.registry import read_state_dict, record_of
+from ifv.zoo.train import train
 
 TINY = {"n_train": 64, "n_test": 16, "epochs": 3, "batch_size": 16}
 TINY_LR = {"densenet_patterns": 0.1, "densenet_patterns_ex4": 0.1, "googlenet_patterns": 0.02}

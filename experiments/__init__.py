@@ -1,8 +1,0 @@
-"""The paper-reproduction layer: gather the runs of the Supp. S4 experiments into
-``results/``, build the paper's figures and Table 1 from them, and compare our numbers with
-the quantitative claims of Sec. 3 in ``figures/REPORT.md``.
-
-    python -m experiments.collect [DIR ...]   # outputs/ multirun/ -> results/   (make collect)
-    python -m experiments.figures             # results/ -> figures/              (make figures)
-    python -m experiments.report              # results/ -> figures/REPORT.md     (make figures)
-"""

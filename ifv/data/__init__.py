@@ -1,1 +1,0 @@
-"""Data sets the zoo is trained on."""

@@ -1,0 +1,477 @@
+"""The ``ifv`` command: run, train, list, invert. A thin shell: Hydra composes and launches,
+``ifv.run.setting`` validates, ``ifv.run.pipeline`` and ``ifv.faces.api`` compute."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf, open_dict
+
+from ifv.errors import UserError
+from ifv.faces.config import CONF, choices, compose, one_line, open_train
+from ifv.files import check_file, check_outputs, check_writable
+from ifv.run.store import StageCache
+
+USAGE = """\
+usage: ifv COMMAND [hydra overrides]
+
+commands:
+  run [-m] [KEY=VALUE ...]   run an experiment of the paper (default: experiment=dnde_simple);
+                             experiment=exp01..exp25 are the rows of Supp. S4, also by
+                             readable names (gn4c_simple, dncl_k2, ...: ifv list); exp06,
+                             exp07, exp11, exp12 sweep n_f themselves (a multirun, points
+                             per tier and profile); -m runs a sweep, e.g.
+                             ifv run -m k=0,2 features=n32,n64; hydra/launcher=joblib runs
+                             its jobs in parallel, hydra/launcher=slurm on a SLURM cluster
+  train model=NAME [...]     train a zoo model into the model cache (offline tier; paper
+                             tier: densenet_cifar[_ex4] on CIFAR-10 at model.data.root);
+                             device=auto|cpu|cuda|cuda:N
+  list                       experiments, models (tier, weights present) and their layers
+  invert IMAGE... [KEY=VALUE ...]
+                             Grad-IFV on your images (.pt, .npy, .png in [0, 1]): the
+                             predicted objective's top features; the same overrides as
+                             run, plus invert.*; `ifv invert --help`
+  compare [comparison=NAME] [KEY=VALUE ...]
+                             network A against B: FV on A, Grad-IFV on B, the matching
+                             beside the correlation baseline; `ifv compare --help`
+  --help                     this text; `ifv run --help` shows the composed config
+  --version                  the installed version
+
+examples:
+  ifv run                                   # the simple case on the offline DenseNet
+  ifv run experiment=dnde_simple k=0 profile=quick
+  ifv run layer=dense2 features=n32 aggregation=mean
+  ifv run experiment=gn4c_simple            # S4 experiment 1 (exp01) on the offline GoogLeNet
+  ifv run experiment=exp07 profile=paper    # the n_f sweep: the paper's points and step counts
+  ifv run experiment=exp11 hydra/launcher=joblib    # the sweep's jobs in parallel
+  ifv run experiment=exp07 scale=paper profile=paper device=cuda
+                                            # 32..512 features of the 224 px stand-in, on a GPU
+  ifv train model=densenet_patterns model.train.epochs=8
+  ifv invert a.png b.npy features.n=32 invert.critical=outputs/RUN/critical.parquet
+
+Results go to outputs/<experiment>/<time>/ (results.parquet, critical.parquet, PNG figures).
+Caches: $IFV_CACHE (default ~/.cache/ifv): models/ and stages/.
+"""
+
+# conf/hydra/launcher/joblib.yaml has the name of the joblib plugin's own config, which Hydra
+# 1.3 then merges in as its schema with a deprecation warning (in every job process too). The
+# file lists every field, so it keeps working when Hydra drops that matching.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against")
+
+# A sweep an experiment carries is resolved from the config of one job: a command-line sweep
+# over these keys would leave it stale, so the two cannot nest.
+_SWEEP_INPUTS = ("experiment", "tier", "profile", "features")
+_HELP = ("-h", "--help", "--cfg", "-c", "--info", "--hydra-help")
+
+
+def _parse(args: list[str]) -> list[Any]:
+    """Hydra's parse of command-line overrides; a malformed one is a one-line user error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(args)
+    except Exception as exc:  # noqa: BLE001 - Hydra's parse error becomes one line
+        raise UserError(one_line(exc)) from None
+
+
+def _values(o: Any) -> list[Any]:
+    return list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+
+
+def config_sweep(cfg: Any, overrides: list[str]) -> dict[str, str]:
+    """The sweep a composed config carries itself (``hydra.sweeper.params``, e.g. the n_f
+    points of exp07 for its tier and profile), less the keys the command line sets."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params")
+    if not params:
+        return {}
+    given = {o.key_or_group for o in _parse(overrides)}
+    resolved = OmegaConf.to_container(params, resolve=True)
+    return {str(k): str(v) for k, v in resolved.items() if k not in given}
+
+
+def _jobs(overrides: list[str]) -> tuple[Any, dict[str, str], int]:
+    """Validate every job of ``ifv run OVERRIDES``: the product of the command line's sweeps
+    and of the sweep a config carries. Returns the first job's config, the carried sweep and
+    the number of jobs."""
+    from ifv.run.setting import Experiment
+
+    parsed = _parse(overrides)
+    swept = [o for o in parsed if o.is_sweep_override()]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    first, carried, n_jobs = None, {}, 0
+    for combo in itertools.product(*(_values(o) for o in swept)):
+        job = [*fixed, *(f"{o.get_key_element()}={v}" for o, v in zip(swept, combo, strict=True))]
+        cfg = compose(job, with_hydra=True)
+        sweep = config_sweep(cfg, overrides)
+        outer = [o.key_or_group for o in swept if o.key_or_group in _SWEEP_INPUTS]
+        if sweep and outer:
+            raise UserError(f"experiment {cfg.name} sweeps {', '.join(sweep)} itself (points "
+                            f"per tier and profile); it cannot run inside a sweep over "
+                            f"{', '.join(outer)}: run one `ifv run` per value")
+        keys = list(sweep)
+        for point in itertools.product(*(_values(o) for o in _parse(
+                [f"{k}={v}" for k, v in sweep.items()]))):
+            one = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if point else cfg
+            with open_dict(one):
+                for key, value in zip(keys, point, strict=True):
+                    OmegaConf.update(one, key, value)
+            try:
+                Experiment.from_config(one)
+            except UserError as exc:
+                where = " ".join(f"{k}={v}" for k, v in zip(keys, point, strict=True))
+                named = not where or str(exc).startswith(where)  # the message names the point
+                raise UserError(str(exc) if named else f"{where}: {exc}") from None
+            n_jobs += 1
+        if first is None:
+            first, carried = cfg, sweep
+    return first, carried, n_jobs
+
+
+def _run_task(cfg: Any) -> None:
+    """One job of `ifv run` (called by Hydra, once per sweep point)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from ifv.run import pipeline
+    from ifv.run.setting import Experiment
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        exp = Experiment.from_config(cfg)
+        df = pipeline.run(exp, out, stage_cache=cfg.stage_cache, progress=cfg.progress,
+                          figures=cfg.figures)
+    except UserError as exc:
+        print(f"ifv: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(pipeline.summary(df))
+    print(f"results: {out / 'results.parquet'}")
+    if cfg.figures:
+        print(f"figures: {out}/angle_ssim.png, alpha.png, realizations.png, ssim_kde.png")
+
+
+def cmd_run(args: list[str]) -> int:
+    """`ifv run`: validate every job, then hand over to Hydra.
+
+    A sweep on the command line, or one an experiment carries (``hydra.sweeper.params``: the
+    n_f points of exp06, exp07, exp11, exp12), runs as a Hydra multirun, -m or not. Setting
+    a swept key on the command line (features.n=64) runs that value alone.
+    """
+    import hydra
+
+    from ifv.run.pipeline import outputs
+
+    if not any(a in _HELP for a in args):
+        overrides = [a for a in args if not a.startswith("-")]
+        cfg, carried, n_jobs = _jobs(overrides)
+        if carried:
+            print(f"{cfg.name}: a sweep over "
+                  + "; ".join(f"{k} = {v.replace(',', ', ')}" for k, v in carried.items())
+                  + f" (tier {cfg.tier}, profile {cfg.profile_name}): "
+                  f"{n_jobs} points, Hydra multirun")
+        multirun = n_jobs > 1 or bool(carried) or any(a in ("-m", "--multirun") for a in args)
+        if multirun:
+            args = ["-m", *[a for a in args if a not in ("-m", "--multirun")]]
+        if multirun:  # each job checks its own folder (ifv.run.pipeline.run)
+            check_writable(cfg.hydra.sweep.dir, "hydra.sweep.dir")
+        else:
+            check_outputs(cfg.hydra.run.dir, outputs(cfg.figures), "hydra.run.dir")
+        check_writable(StageCache(cfg.stage_cache).root, "stage_cache")
+    main = hydra.main(config_path=str(CONF), config_name="config", version_base=None)(_run_task)
+    sys.argv = ["ifv run", *open_train(args)]
+    main()
+    return 0
+
+
+def cmd_train(args: list[str]) -> int:
+    """`ifv train model=NAME [model.train.KEY=VALUE ...] [device=...]`."""
+    from ifv.device import resolve
+    from ifv.zoo import get_spec
+    from ifv.zoo.train import train
+
+    if not any(a.startswith("model=") for a in args):
+        raise UserError(f"which model? use ifv train model=NAME; valid: "
+                        f"{', '.join(choices('model'))}")
+    cfg = compose(args)
+    m = cfg.model
+    spec = get_spec(m.name).with_recipe(**OmegaConf.to_container(m.train, resolve=True))
+    device = resolve(cfg.device)
+    check_outputs(spec.checkpoint(m.cache_dir).parent,
+                  [p.name for p in spec.checkpoint_files(m.cache_dir)], "the model cache")
+    rec = train(spec, m.cache_dir, progress=cfg.progress, data_root=m.data.root,
+                download=m.data.download, device=str(device),
+                log=lambda line: print(line, flush=True))
+    print(f"trained {rec['model']} ({rec['tier']} tier) in {rec['train_seconds']:.0f} s "
+          f"on {rec['device']} ({rec['n_train']} training images)")
+    if rec.get("task") == "superres":
+        from ifv.zoo.models.srnet import upscaling_summary
+
+        print(upscaling_summary(rec))
+        print(f"  checkpoint: {rec['checkpoint']} (record: .json beside it)")
+        return 0
+    print(f"  test accuracy {rec['test_accuracy']:.4f} (seen classes "
+          f"{rec['test_accuracy_seen_classes']:.4f})")
+    if "softmax_share" in rec:
+        print(f"  classifier: softmax share ||1^T W||/(sqrt(n)||W||) = "
+              f"{rec['softmax_share']:.3g}"
+              + "".join(f", {k} = {v:.3g}" for k, v in rec.items()
+                        if k.startswith("dead_share")))
+    print(f"  output Jacobian (median over test images): (1,..,1) at "
+          f"{rec['softmax_angle']:.1f} deg from the near-null space"
+          + "".join(f", {k} = {v:.3g}" for k, v in rec.items()
+                    if k.startswith(("dead_angle", "dead_grad"))))
+    print(f"  checkpoint: {rec['checkpoint']} (record: .json beside it)")
+    return 0
+
+
+def cmd_list(args: list[str]) -> int:
+    """`ifv list`: experiments, models with tier and weights, layers with channels."""
+    from ifv.zoo import MODELS
+
+    cache = None
+    for a in args:
+        if a.startswith("model.cache_dir="):
+            cache = a.split("=", 1)[1]
+    print("experiments: " + ", ".join(choices("experiment")))
+    print("comparisons: " + ", ".join(choices("comparison")) + " (ifv compare comparison=NAME)")
+    print("profiles:    " + ", ".join(choices("profile")))
+    print("aggregation: " + ", ".join(choices("aggregation")))
+    print("transforms:  " + ", ".join(choices("transforms")))
+    print("priors:      " + ", ".join(choices("prior")))
+    print("models:")
+    for spec in MODELS.values():
+        path = spec.weights_file(cache)
+        if path.exists():
+            have = f"weights present ({path})"
+        elif spec.weights_source is not None:
+            have = f"weights missing: place {path} or pass model.download=true"
+        elif spec.arch == "srnet" and spec.tier == "paper":
+            have = "no weights: pass model.weights=PATH (not public, not trained by ifv)"
+        else:
+            have = f"not trained (ifv train model={spec.name})"
+        print(f"  {spec.name:24s} {spec.tier:8s} {have}")
+        print(f"    {spec.description}")
+        print("    layers: " + ", ".join(f"{k} ({c})" for k, c in spec.layers.items()))
+    return 0
+
+
+INVERT_HELP = """\
+usage: ifv invert IMAGE... [KEY=VALUE ...]
+
+IMAGE: .pt, .npy or .png in [0, 1], (C, H, W) or (H, W, C), optionally batched (B first).
+The setting takes the same overrides as `ifv run` (default: the make demo setting):
+  model=NAME | network=NAME tier=offline|paper scale=small|paper, model.weights=PATH,
+  model.cache_dir=DIR, model.download=true, layer=NAME, features=n64 | features.n=N|all |
+  features.indices=[0,5,7], aggregation=NAME, k=K, param=rgb|fft|ffte,
+  device=auto|cpu|cuda|cuda:N, tf32=false|true, jacobian.method=auto|loop|batched|vmap,
+  transforms=none|standard|lucid|lucent|custom (transforms.steps=[...]), prior=none|l2|tv|blur
+  (prior.weight=W): how the images were made; with either, the robust solver inverts them
+  with inversion.samples=K (32) transform samples of inversion.seed (docs/robust-ifv.md);
+  from Adam at a fixed rate (Lucid, Lucent) invert the mean of the loop's last iterates,
+  not its last image (fv.adam_average; docs/robust-ifv.md Sec. 9)
+and keys of its own:
+  invert.input         image (default: files in [0, 1]) or params (.pt/.npy of P's variables v)
+  invert.critical      a run's critical.parquet: C is its best critical space
+  invert.critical_dim  with invert.critical: the critical space of this dimension instead
+  invert.top           features printed per image; default 5
+  invert.out           JSON file written; default ifv-invert.json
+"""
+
+
+def cmd_invert(args: list[str]) -> int:
+    """`ifv invert IMAGE... [KEY=VALUE ...]`: Grad-IFV (Opt. (3)) on the user's images."""
+    from ifv.faces.api import invert_setting
+    from ifv.files import write_json
+    from ifv.math.fv import FVSettings
+    from ifv.math.kink import Kinks
+    from ifv.math.robust import Robust
+    from ifv.run.setting import Setting
+    from ifv.validate import count
+
+    if any(a in ("-h", "--help") for a in args):
+        print(INVERT_HELP, end="")
+        return 0
+    images = [a for a in args if Path(a).exists() or "=" not in a]
+    if not images:
+        raise UserError("which images? use ifv invert IMAGE... [KEY=VALUE ...] "
+                        "(ifv invert --help)")
+    flags = [a for a in images if a.startswith("-") and not Path(a).exists()]
+    if flags:
+        raise UserError(f"unknown option {flags[0]!r}; use KEY=VALUE (ifv invert --help)")
+    cfg = compose([a for a in args if a not in images])
+    inv = cfg.invert
+    top = count("invert.top", inv.top, 1)
+    if inv.critical_dim is not None:
+        count("invert.critical_dim", inv.critical_dim, 1)
+    check_file(inv.out, "invert.out")
+    res = invert_setting(images, Setting.from_config(cfg), inv.critical,
+                         critical_dim=inv.critical_dim, input=inv.input,
+                         method=cfg.jacobian.method, robust=Robust.from_config(cfg.inversion),
+                         kinks=Kinks.from_config(cfg.kinks),
+                         fv=FVSettings.from_config(cfg.fv) if cfg.inversion.draws == "fv" else None,
+                         seed=count("seed", cfg.seed), progress=cfg.progress,
+                         critical_key="invert.critical")
+    s = res.settings
+    per_file = Counter(f for f, _ in res.sources)
+    print(f"Grad-IFV on {s['model']}.{s['layer']}: {s['n_f']} features, {s['aggregation']}, "
+          f"k={s['k']:g}, P_{s['param']['name']}, dim C = {s['critical_dim']}"
+          + (f"; robust: transforms {s['transforms']}, prior {s['prior']['name']}, "
+             f"K = {s['inversion']['samples']}" if s["inversion"] else "")
+          + (f"; tangent condition at kinks, K = {s['kinks']['samples']}"
+             if s["kinks"]["samples"] else ""))
+    for (src, idx), best, r, nxt, dim in zip(res.sources, res.top(top), res.residual.tolist(),
+                                             res.next_residual.tolist(),
+                                             res.kink_dim.tolist(), strict=True):
+        print(f"{src}{f'[{idx}]' if per_file[src] > 1 else ''}: residual {r:.2e} (next "
+              f"{nxt:.2e})" + (f", dim N {dim}" if s["kinks"]["samples"] else ""))
+        for feature, weight in best:
+            print(f"  feature {feature:5d}  {weight:+.4f}")
+    out = write_json(inv.out, res.to_dict(top))
+    print("residual: ||x*^T Z_k Dy|| / ||Z_k Dy||, 0 at an optimum of f_x*; the prediction is "
+          "well determined where it lies far below next (the runner-up's)")
+    print(f"wrote {out}")
+    return 0
+
+
+COMPARE_HELP = """\
+usage: ifv compare [comparison=NAME] [KEY=VALUE ...]
+
+Network A is the setting of `ifv run` (model=, layer=, features=, aggregation=, k=, param=,
+fv.*, seed=, device=); B is A's network with a planted relation or a model of its own:
+  comparison=NAME       a prepared comparison (ifv list): dnde_permuted, dnde_seeds, ...
+  compare.planted       permuted | rescaled: B = A's network with the tapped channels
+                        permuted within their groups (and rescaled: compare.scale=S)
+  compare.b_model, compare.b_weights, compare.b_train.KEY=V (e.g. seed=1), compare.b_layer,
+  compare.b_features    B's own model (null: A's), recipe overrides, layer and features
+  compare.objectives    canonical e_i of A: all, or N evenly spaced; compare.n_random=N more
+  compare.images=[FILES]  the baseline's images (default: compare.n_images patterns)
+  compare.pairs         matched pairs shown with B's own FV; compare.max_residual,
+  compare.max_ratio,    compare.min_share: the confidence thresholds;
+  compare.out=DIR       the output folder (default outputs/compare/NAME/TIME)
+  transforms=, prior=   robust FV on A (ifv run's keys); B is inverted by the robust
+                        solver under the same ones (inversion.*)
+Writes compare.parquet, summary.json, correspondence.png, pairs.png (docs/compare.md).
+"""
+
+
+def cmd_compare(args: list[str]) -> int:
+    """`ifv compare [comparison=NAME] [KEY=VALUE ...]`: network A against network B through
+    FV on A and Grad-IFV on B (``ifv.faces.compare``)."""
+    import time
+
+    from ifv.faces.compare import compare
+    from ifv.faces.correspondence import FILES, report, write
+    from ifv.run.setting import Experiment, Setting
+    from ifv.validate import plain
+
+    if any(a in ("-h", "--help") for a in args):
+        print(COMPARE_HELP, end="")
+        return 0
+    flags = [a for a in args if "=" not in a]
+    if flags:
+        raise UserError(f"unknown argument {flags[0]!r}; use KEY=VALUE (ifv compare --help)")
+    cfg = compose([f"+{a}" if a.startswith("comparison=") else a for a in args])
+    c = cfg.compare
+    exp = Experiment.from_config(cfg)
+    a = exp.setting
+    own_b = any(v not in (None, {}) for v in (c.b_model, c.b_weights, c.b_layer, c.b_features)
+                ) or bool(c.b_train)
+    b = None
+    if c.planted is not None and own_b:
+        raise UserError("compare.planted makes B from A's network; drop compare.b_*")
+    if c.planted is None:
+        if not own_b:
+            raise UserError("which B? give comparison=NAME (ifv list), compare.planted="
+                            "permuted|rescaled, or B's own compare.b_model / compare.b_train")
+        f = cfg.features
+        features, features_key = (
+            (c.b_features, "compare.b_features") if c.b_features is not None else
+            (f.indices, "features.indices") if f.indices is not None else (f.n, "features.n"))
+        keys = {"model": "compare.b_model" if c.b_model else "model",
+                "layer": "compare.b_layer" if c.b_layer else "layer",
+                "features": features_key, "weights": "compare.b_weights"}
+        b = Setting.make(c.b_model or cfg.model.name, c.b_layer or cfg.layer,
+                         plain(features), cfg.aggregation.name, cfg.k, plain(cfg.param),
+                         weights=c.b_weights, cache_dir=cfg.model.cache_dir,
+                         train=plain(c.b_train), device=cfg.device, tf32=cfg.tf32,
+                         transforms=a.transforms, prior=a.prior, keys=keys)
+    out = Path(c.out or f"outputs/compare/{c.name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    check_outputs(out, FILES, "compare.out")
+    cache = StageCache(cfg.stage_cache).root
+    check_writable(cache, "stage_cache")
+    comp = compare(a, b, planted=c.planted, scale=c.scale, objectives=plain(c.objectives),
+                   n_random=c.n_random, fv=exp.fv, images=plain(c.images),
+                   n_images=c.n_images, pairs=c.pairs, seed=exp.seed,
+                   max_residual=c.max_residual, max_ratio=c.max_ratio, min_share=c.min_share,
+                   method=exp.jacobian_method, max_bytes=exp.jacobian_max_bytes, cache=cache,
+                   progress=cfg.progress, robust=exp.robust, kinks=exp.kinks)
+    comp.settings["name"] = c.name  # what `make collect` files the comparison under
+    paths = write(comp, out)
+    print(report(comp.summary()))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "invert": cmd_invert,
+            "compare": cmd_compare}
+
+
+def version() -> str:
+    """``ifv VERSION``, from the installed package's metadata."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return f"ifv {dist_version('ifv')}"
+    except PackageNotFoundError:
+        return "ifv (not installed: no package metadata)"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so that the interpreter's final
+    flush does not fail again (Python's documented handling of SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ifv`` command. Output into a pipe whose reader has closed (``ifv
+    list | head -3``) ends the command quietly, with status 0."""
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(version())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"ifv: error: unknown command {cmd!r}; valid: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[cmd](rest)
+    except UserError as exc:
+        print(f"ifv: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ifv: interrupted; finished stages are cached and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

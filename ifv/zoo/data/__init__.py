@@ -1,0 +1,1 @@
+"""Data sets the zoo is trained on: procedural patterns and geometry, CIFAR-10, ImageFolder."""

@@ -1,0 +1,1 @@
+"""The architectures: DenseNet-BC, GoogLeNet, the CIFAR ResNets and SRNet."""
