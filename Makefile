@@ -52,8 +52,9 @@ reproduce: install       ## the 25 experiments, the robust ones and the comparis
 	echo "reproduce: $$(( ($$(date +%s) - start) / 60 )) min"; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
-bench: install           ## Jacobian methods as ratios to "loop"; Table 1 on CPU and GPU beside the paper's
+bench: install           ## Jacobian methods as ratios to "loop"; the kinks stage against FV; Table 1 on CPU and GPU
 	$(PY) benchmarks/bench_jacobian.py
+	$(PY) -m benchmarks.bench_kinks
 	$(PY) -m benchmarks.table1
 
 clean:

@@ -43,3 +43,36 @@ def test_training_twice_gives_the_same_metrics(tmp_path: Path) -> None:
     sa = read_state_dict(spec.checkpoint(tmp_path / "a"))
     sb = read_state_dict(spec.checkpoint(tmp_path / "b"))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_stopped_training_resumes_after_its_last_epoch(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """A training stopped after an epoch resumes there and ends with the weights and
+    metrics of an uninterrupted one; the progress file goes once the checkpoint is there."""
+    import ifv.zoo.train as train_module
+
+    spec = get_spec("densenet_patterns").with_recipe(n_train=32, n_test=16, epochs=3,
+                                                     batch_size=16, seed=3)
+    whole = train(spec, tmp_path / "a", progress=False, device="cpu")
+    saved = train_module.save_progress
+
+    def stop_after_first(*args: object, **kwargs: object) -> None:
+        saved(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_progress", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "b", progress=False, device="cpu")
+    partial = spec.checkpoint(tmp_path / "b").with_suffix(".partial.pt")
+    assert partial.is_file() and not spec.checkpoint(tmp_path / "b").exists()
+    monkeypatch.setattr(train_module, "save_progress", saved)
+    resumed = train(spec, tmp_path / "b", progress=False, device="cpu")
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
+    assert not partial.exists()
+    for key in ("train_seconds", "checkpoint"):
+        whole.pop(key), resumed.pop(key)
+    assert resumed == whole
+    sa = read_state_dict(spec.checkpoint(tmp_path / "a"))
+    sb = read_state_dict(spec.checkpoint(tmp_path / "b"))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -180,7 +180,8 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
            device: str = "auto", tf32: bool = False, method: str = "auto",
            transforms: Transforms = "none", prior: PriorSpec = "none",
            robust: Robust | None = None, kinks: Kinks | None = None,
-           progress: bool = True) -> Inversion:
+           input_size: Sequence[int] | None = None, normalize: Any = None,
+           weights_key: str | None = None, progress: bool = True) -> Inversion:
     """Grad-IFV for the user's realizations: the predicted objectives x* of Opt. (3).
 
     ``images``: paths (.pt, .npy, .png) or tensors/arrays in [0, 1], each one image (C, H, W)
@@ -199,13 +200,17 @@ def invert(images: Source | Sequence[Source], model: Model = "densenet_patterns"
     inverts them (docs/robust-ifv.md) with the options ``robust`` (default ``Robust()``: K =
     32 transform samples of their own seed, the relative-stationarity estimator), and
     ``residual`` is its relative stationarity of the mean gradient (``next_residual`` NaN).
-    ``kinks``: the tangent condition at kinks of a ReLU / max-pooling network (default
+    ``input_size``, ``normalize``, ``weights_key``: your own network's (``model`` a
+    source: ``torchvision:NAME``, ``timm:NAME`` or {"_target_": ..., "args": {...}};
+    ``ifv.run.setting.Setting.make``). ``kinks``: the tangent condition at kinks of a
+    ReLU / max-pooling network (default
     ``Kinks()``; ``Kinks(samples=0)``: plain Opt. (3); docs/kinks.md). The result's tensors
     are on the CPU.
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
                      cache_dir=cache_dir, download=download, size=size, device=device,
-                     tf32=tf32, transforms=transforms, prior=prior)
+                     tf32=tf32, transforms=transforms, prior=prior, input_size=input_size,
+                     normalize=normalize, weights_key=weights_key)
     return invert_setting(images, s, critical, critical_dim=critical_dim, input=input,
                           method=method, robust=robust, kinks=kinks, progress=progress)
 
@@ -229,7 +234,7 @@ def invert_setting(images: Source | Sequence[Source], s: Setting,
             raise UserError(f"images cannot be mapped to the variables of P_{s.param['name']}; "
                             f"valid for images: {', '.join(IMAGE_PARAMS)}; pass the "
                             "parameters v themselves with input=params")
-        imgs, sources = load_images(images, 3, s.size)
+        imgs, sources = load_images(images, s.in_channels, s.size)
         size = (imgs.shape[-2], imgs.shape[-1])
         p = s.parametrization(size)
         v = to_params(imgs, p)
@@ -274,7 +279,9 @@ def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
               size: Sequence[int] | None = None, weights: str | None = None,
               cache_dir: str | Path | None = None, download: bool = False,
               device: str = "auto", tf32: bool = False, transforms: Transforms = "none",
-              prior: PriorSpec = "none", progress: bool = True) -> Tensor:
+              prior: PriorSpec = "none", input_size: Sequence[int] | None = None,
+              normalize: Any = None, weights_key: str | None = None,
+              progress: bool = True) -> Tensor:
     """Realizations I* = P(v*) of the target objectives x, Opt. (1) with S_x of Sec. 2.
 
     x: (N, n_f) or (n_f,), normalized onto Omega, the unit sphere; the other arguments as
@@ -289,7 +296,8 @@ def visualize(x: Tensor | Sequence[float], model: Model = "densenet_patterns",
     """
     s = Setting.make(model, layer, features, aggregation, k, param, weights=weights,
                      cache_dir=cache_dir, download=download, size=size, device=device,
-                     tf32=tf32, transforms=transforms, prior=prior)
+                     tf32=tf32, transforms=transforms, prior=prior, input_size=input_size,
+                     normalize=normalize, weights_key=weights_key)
     if s.size is None:
         raise UserError("visualize with an nn.Module needs size=(H, W) of its input")
     bound = s.bind(progress=progress)

@@ -11,6 +11,7 @@ type cannot say (``k >= 0``, a finite learning rate, a known layer) are checked 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +31,19 @@ class DataConf:
 
 @dataclass
 class ModelConf:
-    name: str = "???"
+    name: str | None = "???"             # a zoo name, torchvision:NAME or timm:NAME
     weights: str | None = None
     cache_dir: str | None = None
     download: bool = False
     train: dict[str, Any] = field(default_factory=dict)
     data: DataConf = field(default_factory=DataConf)
+    # your own network (ifv.zoo.sources): an importable callable and its arguments, the
+    # key of the state dict in a checkpoint, its input [C, H, W] and normalization
+    _target_: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    weights_key: str | None = None
+    input_size: list[int] | None = None
+    normalize: Any = None                # imagenet, cifar10, none or {mean: [..], std: [..]}
 
 
 @dataclass
@@ -204,8 +212,10 @@ def register() -> None:
 
 
 def choices(group: str) -> list[str]:
-    """The options of a config group: the YAML files in conf/<group>/."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options of a config group: the YAML files in conf/<group>/ and in your config
+    folder's (``user_dir``)."""
+    folders = [CONF / group] + ([own / group] if (own := user_dir()) else [])
+    return sorted({p.stem for f in folders for p in f.glob("*.yaml")})
 
 
 def _fields(path: str) -> list[str]:
@@ -271,9 +281,32 @@ def _unknown_option(overrides: list[str]) -> str | None:
     return None
 
 
-def open_train(args: list[str]) -> list[str]:
-    """``model.train.KEY=V`` adds KEY to the (empty) recipe-override dict: Hydra needs ``++``."""
-    return [f"++{a}" if a.startswith("model.train.") else a for a in args]
+def user_dir() -> Path | None:
+    """Your own config folder ($IFV_CONFIG_DIR, default ~/.config/ifv), where it exists: its
+    model/NAME.yaml files register your networks as ``model=NAME`` (``ifv list`` shows
+    them), and any other group's files add options the same way."""
+    path = Path(os.environ.get("IFV_CONFIG_DIR", "~/.config/ifv")).expanduser()
+    return path if path.is_dir() else None
+
+
+def expand(args: list[str]) -> list[str]:
+    """The command line as Hydra takes it: ``model.train.KEY=V`` and ``model.args.KEY=V``
+    add KEY to an empty dict (``++``); ``model=torchvision:NAME`` (or ``timm:NAME``) picks
+    conf/model/source.yaml with that name; your config folder (``user_dir``) joins the
+    search path."""
+    out = []
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in ("model", "+model") and ":" in value:
+            out += ["model=source", f"model.name={value}"]
+        elif a.startswith(("model.train.", "model.args.")):
+            out.append(f"++{a}")
+        else:
+            out.append(a)
+    own = user_dir()
+    if own is not None and not any(a.startswith("hydra.searchpath") for a in args):
+        out.append(f"hydra.searchpath=[file://{own}]")
+    return out
 
 
 def compose(overrides: list[str], *, with_hydra: bool = False) -> Any:
@@ -288,7 +321,7 @@ def compose(overrides: list[str], *, with_hydra: bool = False) -> Any:
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=open_train(overrides),
+            cfg = hydra_compose(config_name="config", overrides=expand(overrides),
                                 return_hydra_config=with_hydra)
         # resolve the job's part now; the hydra node holds run-time values (hydra.job.num)
         OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),

@@ -23,6 +23,9 @@ import torch
 from torch import Tensor
 
 PARAMS = ("rgb", "fft", "ffte", "geometry_fixed", "geometry_free")
+# the parametrizations of images (any number of channels) whose variables follow from the
+# image alone (P is invertible on (0, 1)); the geometry ones make SRNet's inputs
+IMAGE_PARAMS = ("rgb", "fft", "ffte")
 
 
 class Parametrization(Protocol):
@@ -45,14 +48,15 @@ class Parametrization(Protocol):
 class RGB:
     """P_rgb: images in [0, 1] as the sigmoid of an unbounded tensor (Sec. 3.2).
 
-    v: (B, 3, H, W) -> images (B, 3, H, W).
+    v: (B, C, H, W) -> images (B, C, H, W); C = 3 (``channels``: 1 for a grayscale network).
     """
 
     name = "rgb"
-    channels = 3
 
-    def __init__(self, height: int, width: int, init_std: float = 0.01) -> None:
-        self.shape = (3, height, width)
+    def __init__(self, height: int, width: int, init_std: float = 0.01,
+                 channels: int = 3) -> None:
+        self.channels = int(channels)
+        self.shape = (self.channels, height, width)
         self.init_std = init_std
 
     @property
@@ -67,7 +71,7 @@ class RGB:
         return torch.sigmoid(v)
 
     def render(self, v: Tensor) -> Tensor:
-        """The image that SSIM compares and figures show: (B, 3, H, W) in [0, 1]."""
+        """The image that SSIM compares and figures show: (B, C, H, W) in [0, 1]."""
         return self(v)
 
 
@@ -107,11 +111,12 @@ class FFT:
     """
 
     name = "fft"
-    channels = 3
 
-    def __init__(self, height: int, width: int, init_std: float = 0.01) -> None:
+    def __init__(self, height: int, width: int, init_std: float = 0.01,
+                 channels: int = 3) -> None:
         self.height, self.width = height, width
-        self.shape = (3, height, width // 2 + 1, 2)
+        self.channels = int(channels)
+        self.shape = (self.channels, height, width // 2 + 1, 2)
         self.init_std = init_std
         self._scale: Tensor | None = None  # (H, W//2 + 1) frequency weights; None: all 1
         self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -177,8 +182,8 @@ class FFTE(FFT):
     name = "ffte"
 
     def __init__(self, height: int, width: int, init_std: float = 0.01,
-                 decay_power: float = 1.0) -> None:
-        super().__init__(height, width, init_std)
+                 decay_power: float = 1.0, channels: int = 3) -> None:
+        super().__init__(height, width, init_std, channels)
         self.decay_power = decay_power
         self._scale = frequency_scale(height, width, decay_power)
 
@@ -254,7 +259,8 @@ class Geometry:
 def make_param(name: str, height: int, width: int, **kwargs: Any) -> Parametrization:
     """The parametrization called ``name`` (one of PARAMS) for inputs of size height x width.
 
-    kwargs go to the constructor: ``init_std`` for all, ``decay_power`` for "ffte".
+    kwargs go to the constructor: ``init_std`` for all, ``decay_power`` for "ffte",
+    ``channels`` (default 3; 1 for a grayscale network) for "rgb", "fft" and "ffte".
     """
     if name == "rgb":
         return RGB(height, width, **kwargs)

@@ -18,11 +18,9 @@ from torch import Tensor
 
 from ifv.errors import UserError
 from ifv.files import Refused, load_tensors
-from ifv.math.param import FFT, Parametrization
+from ifv.math.param import FFT, IMAGE_PARAMS, Parametrization
 
 FORMATS = (".pt", ".npy", ".png")
-# parametrizations whose variables follow from the image alone (P is invertible on (0, 1))
-IMAGE_PARAMS = ("rgb", "fft", "ffte")
 # images are clamped to [EPS, 1 - EPS] before the logit: see ``to_params``
 EPS = 1e-6
 

@@ -34,17 +34,18 @@ from ifv.math import transform as transforms_
 from ifv.math.fv import FVSettings, lbfgs_draws, settings_key
 from ifv.math.jacobian import METHODS
 from ifv.math.kink import Kinks
-from ifv.math.objective import AGGREGATIONS, Response, ResponseFn, responses_under, tap
-from ifv.math.param import PARAMS, Parametrization, make_param
+from ifv.math.objective import AGGREGATIONS, Response, ResponseFn, responses_under
+from ifv.math.param import IMAGE_PARAMS, PARAMS, Parametrization, make_param
 from ifv.math.prior import Prior
 from ifv.math.robust import Robust
 from ifv.math.transform import Transform
 from ifv.validate import choice, count, number, plain
-from ifv.zoo import check_layer, get_spec
+from ifv.zoo import check_layer
 from ifv.zoo.provision import check_trainable, network
-from ifv.zoo.registry import ModelSpec
+from ifv.zoo.registry import ModelSpec, model_entry
+from ifv.zoo.sources import close, content, probe
 
-Model = str | nn.Module
+Model = str | Mapping[str, Any] | nn.Module  # a zoo name, a source, a _target_, a module
 Features = int | str | Sequence[int]
 Param = str | Mapping[str, Any]
 Transforms = str | Sequence[Mapping[str, Any]]
@@ -186,10 +187,16 @@ class Setting:
              train: Mapping[str, Any] | None = None,
              size: Sequence[int] | None = None, device: str = "auto",
              tf32: bool = False, transforms: Transforms = "none",
-             prior: PriorSpec = "none", keys: Mapping[str, str] | None = None) -> Setting:
+             prior: PriorSpec = "none", keys: Mapping[str, str] | None = None,
+             input_size: Sequence[int] | None = None, normalize: Any = None,
+             weights_key: str | None = None) -> Setting:
         """Validate everything that needs no network; raise ``UserError`` with what is valid.
 
-        ``model``: a zoo name (``ifv list``) or an ``nn.Module`` in eval mode; ``train``:
+        ``model``: a zoo name (``ifv list``), your own network (``torchvision:NAME``,
+        ``timm:NAME``, or {"_target_": "pkg.module.callable", "args": {...}}, with
+        ``weights`` a file, ``weights_key`` the key of its state dict in a checkpoint,
+        ``input_size`` [C, H, W] and ``normalize``: imagenet, cifar10, none or {mean, std};
+        ``ifv.zoo.sources``), or an ``nn.Module`` in eval mode; ``train``:
         recipe overrides of a zoo model (a different checkpoint); ``device``: auto, cpu,
         cuda or cuda:N (a module stays where it is: ``auto`` takes its device, another
         device must be its own); ``transforms``: none, standard (Lucid's set sized to the
@@ -206,8 +213,10 @@ class Setting:
         k = number("k", k)
         options = dict(param) if isinstance(param, Mapping) else {"name": param}
         choice("param", options.get("name"), PARAMS)
-        for key, value in options.items():  # P's options are sizes and powers
-            if key != "name":
+        for key, value in options.items():  # P's options are sizes, powers and channels
+            if key == "channels":
+                count("param.channels", value, 1)
+            elif key != "name":
                 number(f"param.{key}", value)
         selection = _selection(features, names["features"])
         robust = {"transforms": transforms_.parse(transforms), "prior": priors.parse(prior)}
@@ -223,7 +232,13 @@ class Setting:
                                 f"with model.to({str(dev)!r}) or pass device={str(own)!r}")
             return cls(None, model, layer, selection, aggregation, options, k, size,
                        device=own, tf32=tf32, **robust)
-        spec = get_spec(str(model), names["model"]).with_recipe(**dict(train or {}))
+        spec = model_entry(model, input_size=input_size, normalize=normalize,
+                           weights_key=weights_key, key=names["model"])
+        if train:
+            if not spec.trainable:
+                raise UserError(f"model.train is for the zoo models ifv trains, not "
+                                f"{spec.name}")
+            spec = spec.with_recipe(**dict(train))
         channels = spec.layers.get(layer, 0)
         check_layer(spec, layer, channels if selection == "all" else selection,
                     layer_key=names["layer"], features_key=names["features"])
@@ -245,15 +260,23 @@ class Setting:
     def from_config(cls, cfg: Any) -> Setting:
         """The setting of a composed config (``ifv.faces.config``): model.*, layer, features.*,
         aggregation.name, param, k, device, tf32, transforms.*, prior.*."""
-        m = cfg.model
         indices = cfg.features.indices is not None
         features = cfg.features.indices if indices else cfg.features.n
-        return cls.make(m.name, cfg.layer, plain(features), cfg.aggregation.name, cfg.k,
-                        plain(cfg.param), weights=m.weights, cache_dir=m.cache_dir,
-                        download=m.download, train=plain(m.train), device=cfg.device,
-                        tf32=cfg.tf32, transforms=transforms_.from_config(cfg.transforms),
+        return cls.make(layer=cfg.layer, features=plain(features),
+                        aggregation=cfg.aggregation.name, k=cfg.k, param=plain(cfg.param),
+                        device=cfg.device, tf32=cfg.tf32,
+                        transforms=transforms_.from_config(cfg.transforms),
                         prior=plain(cfg.prior),
-                        keys={"features": "features.indices" if indices else "features.n"})
+                        keys={"features": "features.indices" if indices else "features.n"},
+                        **model_options(cfg.model))
+
+    @property
+    def in_channels(self) -> int:
+        """The channels of the network's input (a module's: P's ``channels`` option, else
+        3)."""
+        if self.spec is not None:
+            return self.spec.in_channels
+        return int(self.param.get("channels", 3))
 
     @property
     def model_name(self) -> str:
@@ -274,6 +297,9 @@ class Setting:
         if not h:
             raise UserError("a model given as nn.Module needs size=(H, W) of its input")
         opts = {k: v for k, v in self.param.items() if k != "name"}
+        if self.spec is not None and self.spec.source is not None \
+                and self.param["name"] in IMAGE_PARAMS:
+            opts.setdefault("channels", self.spec.in_channels)  # e.g. 1: a grayscale network
         try:
             return make_param(self.param["name"], h, w, **opts)
         except TypeError as exc:
@@ -305,15 +331,27 @@ class Setting:
                      transforms_.build(self.transforms, h, w), prior)
 
     def model_key(self) -> dict[str, Any]:
-        """The identity of a zoo model's weights, for cache keys (a file by path, size and
-        modification time)."""
+        """The identity of the network and its weights, for cache keys: the zoo entry or
+        your network's source (``ModelSpec.key``) and a weights file by the SHA-256 of its
+        content (``ifv.zoo.sources.content``), so two files never share a stage."""
         assert self.spec is not None
         weights = self.weights
         if weights and weights != "random":
-            path = Path(weights).expanduser()
-            stat = path.stat()
-            weights = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+            weights = f"sha256:{content(weights)}"
+        elif weights is None and self.spec.source is not None:
+            weights = self.spec.weights_source or f"{self.spec.source.kind}-pretrained"
         return {"model": self.spec.name, "key": self.spec.key(), "weights": weights}
+
+
+def model_options(m: Any) -> dict[str, Any]:
+    """The keyword arguments of ``Setting.make`` that a ``model.*`` config node gives: the
+    model (a zoo name, a source, or your ``_target_`` with its ``args``) and its weights,
+    cache, recipe overrides, input and normalization."""
+    model = {"_target_": m._target_, "args": plain(m.args)} if m._target_ else m.name
+    return {"model": model, "weights": m.weights, "cache_dir": m.cache_dir,
+            "download": m.download, "train": plain(m.train),
+            "input_size": plain(m.input_size), "normalize": plain(m.normalize),
+            "weights_key": m.weights_key}
 
 
 def _check_channels(p: Parametrization, spec: ModelSpec, key: Mapping[str, str]) -> None:
@@ -322,7 +360,9 @@ def _check_channels(p: Parametrization, spec: ModelSpec, key: Mapping[str, str])
     if p.channels == spec.in_channels:
         return
     h, w = spec.input_size
-    fits = [n for n in PARAMS if make_param(n, h, w).channels == spec.in_channels]
+    fits = [n for n in PARAMS if make_param(
+        n, h, w, **({"channels": spec.in_channels} if n in IMAGE_PARAMS else {})
+    ).channels == spec.in_channels]
     raise UserError(f"{key['param']}={p.name} makes {p.channels}-channel inputs, but "
                     f"{key['model']}={spec.name} takes {spec.in_channels}-channel ones; valid "
                     f"{key['param']} for {spec.name}: {', '.join(fits)}")
@@ -336,21 +376,16 @@ def _like(net: nn.Module) -> Tensor:
 
 
 def _probe(net: nn.Module, layer: str, param: Parametrization) -> int:
-    """The channels of ``layer`` of a user's module, from one forward pass of a grey input."""
-    if layer not in dict(net.named_modules()):
-        names = [n for n, _ in net.named_modules() if n]
-        raise UserError(f"the model has no layer {layer!r}; valid: {', '.join(names[:30])}"
-                        + (" ..." if len(names) > 30 else ""))
+    """The channels of ``layer`` of a user's module, from one forward pass of a grey input
+    of P's shape (``ifv.zoo.sources.probe``)."""
     like = _like(net)
     v0 = torch.zeros((1, *param.shape), dtype=like.dtype, device=like.device)
-    try:
-        with torch.no_grad():
-            a = tap(net, layer, param(v0))
-    except RuntimeError as exc:
-        why = (str(exc).strip().splitlines() or [""])[0]
-        raise UserError(f"the model cannot take P_{param.name}'s inputs of shape "
-                        f"{tuple(param(v0).shape[1:])}: {why}") from None
-    return int(a.shape[1]) if a.dim() >= 2 else 1
+    shape = tuple(param(v0).shape[1:])
+    shapes = probe(net, shape, f"the model (P_{param.name})")  # type: ignore[arg-type]
+    if layer not in shapes:
+        raise UserError(f"the model has no layer {layer!r}: "
+                        f"{close(layer, list(shapes), 'layer')}")
+    return int(shapes[layer][0])
 
 
 @dataclass(frozen=True)

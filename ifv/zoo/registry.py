@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,16 @@ from ifv.zoo.models.googlenet import GoogLeNetFV
 from ifv.zoo.models.resnet import CifarResNet, stage_channels
 from ifv.zoo.models.srnet import IN_CHANNELS as SR_IN_CHANNELS
 from ifv.zoo.models.srnet import SRNet, SRRecipe, srnet_layers
+from ifv.zoo.sources import (
+    Normalize,
+    Source,
+    close,
+    defaults,
+    input_shape,
+    layers,
+    normalization,
+    parse,
+)
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "densenet_bc": DenseNetBC, "googlenet": GoogLeNetFV, "resnet_cifar": CifarResNet,
@@ -73,11 +84,16 @@ class ModelSpec:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     # the child module that computes the logits (zero-initialized by `ifv train`)
     classifier: str = "classifier"
+    # a user's network (tier "user", ``source_spec``): where it comes from, its input
+    # channels and the key of the state dict inside its checkpoint
+    source: Source | None = None
+    channels: int | None = None
+    weights_key: str | None = None
 
     @property
     def trainable(self) -> bool:
         """Whether ``ifv train`` makes this model's weights."""
-        return self.weights_source is None
+        return self.weights_source is None and self.source is None
 
     @property
     def architecture(self) -> type[nn.Module]:
@@ -88,13 +104,26 @@ class ModelSpec:
         return ARCHITECTURES[self.arch]
 
     def build(self) -> nn.Module:
-        """A freshly initialized network of this architecture."""
+        """A freshly initialized network of this architecture (a user's network with its
+        normalization as a forward pre-hook)."""
+        if self.source is not None:
+            net = self.source.build()
+            if self.normalize is not None:
+                net.register_forward_pre_hook(Normalize(*self.normalize))
+            return net
         if self.arch == "googlenet":
             return GoogLeNetFV(**self.arch_kwargs, normalize=self.normalize)
         return self.architecture(**self.arch_kwargs)
 
     def key(self) -> str:
-        """Hash of the architecture and the recipe: the checkpoint's identity."""
+        """Hash of the architecture and the recipe: the checkpoint's identity (a user's
+        network: its source, input and normalization; its weights are keyed by content,
+        ``ifv.zoo.sources.content``)."""
+        if self.source is not None:
+            return content_key({"source": self.source.describe(), "args": self.source.args,
+                                "input": [self.in_channels, *self.input_size],
+                                "normalize": self.normalize,
+                                "weights_key": self.weights_key}, 10)
         ident: dict[str, Any] = {"arch": self.arch, "kwargs": self.arch_kwargs,
                                  "recipe": asdict(self.recipe),
                                  "input_size": list(self.input_size)}
@@ -115,8 +144,10 @@ class ModelSpec:
 
     @property
     def in_channels(self) -> int:
-        """The channels of the network's input: SRNet's geometry images (mask, normal,
-        depth), else RGB images."""
+        """The channels of the network's input: a user's network's, SRNet's geometry
+        images (mask, normal, depth), else RGB images."""
+        if self.channels is not None:
+            return self.channels
         if self.arch == "srnet":
             return int(self.arch_kwargs.get("in_channels", SR_IN_CHANNELS))
         return 3
@@ -406,8 +437,49 @@ MODELS: dict[str, ModelSpec] = {
 def get_spec(name: str, key: str = "model") -> ModelSpec:
     """The zoo entry called ``name`` (``key``: the option the user set, for the message)."""
     if name not in MODELS:
-        raise UserError(f"unknown {key} {name!r}; valid: {', '.join(MODELS)}")
+        raise UserError(f"unknown {key} {name!r}; valid: {', '.join(MODELS)}, or your own "
+                        "network: torchvision:NAME, timm:NAME, model._target_=PATH")
     return MODELS[name]
+
+
+def model_entry(model: str | Mapping[str, Any], *, input_size: Any = None,
+                normalize: Any = None, weights_key: str | None = None,
+                name: str | None = None, key: str = "model") -> ModelSpec:
+    """The entry of a ``model`` value: a zoo name (``get_spec``), or a user's network
+    (``torchvision:NAME``, ``timm:NAME``, or a mapping with ``_target_`` and ``args``) as an
+    entry of tier "user" whose layers are found by one forward pass
+    (``ifv.zoo.sources.layers``).
+    ``input_size`` [C, H, W] and ``normalize`` default to what the source's weights say
+    (torchvision, timm); a ``_target_`` needs ``input_size``. ``name``: the label results
+    carry (default: the source)."""
+    source = parse(model)
+    if source is None:
+        if input_size is not None or normalize is not None or weights_key is not None:
+            given = [k for k, v in (("input_size", input_size), ("normalize", normalize),
+                                    ("weights_key", weights_key)) if v is not None]
+            raise UserError(f"{key}.{given[0]} is for your own network (torchvision:NAME, "
+                            f"timm:NAME, model._target_); zoo model {model!r} fixes it")
+        return get_spec(str(model), key)
+    tv_weights, stats, shape = defaults(source)
+    shape = input_shape(input_size, f"{key}.input_size") or shape
+    if shape is None:
+        raise UserError(f"{key}._target_ {source.ref!r} needs its input: pass "
+                        f"{key}.input_size=[C, H, W] (e.g. [3, 32, 32])")
+    stats = stats if normalize is None else normalization(normalize,
+                                                                   f"{key}.normalize")
+    if stats is not None and len(stats[0]) != shape[0]:
+        raise UserError(f"{key}.normalize has {len(stats[0])} channels, {key}.input_size "
+                        f"{list(shape)} has {shape[0]}")
+    probed = layers(source, shape)
+    return ModelSpec(
+        name=name or source.describe(), tier="user", arch=source.kind,
+        arch_kwargs=dict(source.args), input_size=(shape[1], shape[2]),
+        layers={n: int(s[0]) for n, s in probed.items()},
+        description=f"your network: {source.describe()}",
+        weights_source=(f"torchvision:{type(tv_weights).__name__}.{tv_weights.name}"
+                        if tv_weights is not None else None),
+        normalize=stats, classifier="", source=source, channels=shape[0],
+        weights_key=weights_key)
 
 
 def check_layer(spec: ModelSpec, layer: str, features: int | list[int], *,
@@ -416,6 +488,9 @@ def check_layer(spec: ModelSpec, layer: str, features: int | list[int], *,
     each at most once); return the feature indices. ``layer_key`` and ``features_key``: the
     options the user set, which the messages name."""
     if layer not in spec.layers:
+        if len(spec.layers) > 12:  # a user's network: the close ones, and where to look
+            raise UserError(f"{layer_key}: {close(layer, list(spec.layers), 'layer')}"
+                            f" (every layer of {spec.name}: ifv layers model={spec.name})")
         raise UserError(f"{layer_key}: model {spec.name!r} has no layer {layer!r}; valid: "
                         + ", ".join(f"{k} ({c} channels)" for k, c in spec.layers.items()))
     channels = spec.layers[layer]
@@ -451,7 +526,10 @@ def load(name: str | ModelSpec, *, weights: str | None = None,
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = spec.build()
-    if weights != "random":
+    if weights != "random" and spec.source is not None and not weights \
+            and spec.weights_source is None:
+        _pretrained(model, spec, download)
+    elif weights != "random":
         path = Path(weights).expanduser() if weights else spec.weights_file(cache_dir)
         if not path.exists():
             if weights:
@@ -475,24 +553,39 @@ def load(name: str | ModelSpec, *, weights: str | None = None,
             fetch_weights(spec)
         hint = ("delete it and train again" if spec.trainable and not weights
                 else "replace it with a state dict of this architecture")
-        _load_into(model, read_state_dict(path, hint), path, spec)
+        _load_into(model, read_state_dict(path, hint, spec.weights_key), path, spec)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def read_state_dict(path: Path, hint: str = "replace it") -> dict[str, torch.Tensor]:
-    """The state dict in ``path``: an ifv checkpoint or a plain (torchvision) state dict,
-    loaded without unpickling anything but tensors and containers (``load_tensors``)."""
+def read_state_dict(path: Path, hint: str = "replace it", key: str | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``: a plain (torchvision) state dict, or a checkpoint that
+    holds one under ``key`` (default: "state_dict" where there is one, as in ifv's own),
+    loaded without unpickling anything but tensors and containers (``load_tensors``). A
+    ``module.`` prefix on every key (a DataParallel model's) is stripped."""
     try:
         obj = load_tensors(path)
     except Refused as why:
         raise UserError(f"cannot read weights {path}: {why}; {hint}") from None
-    if isinstance(obj, dict) and "state_dict" in obj:
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            keys = list(obj)[:8] if isinstance(obj, dict) else []
+            raise UserError(f"{path} holds no {key!r} (model.weights_key); its keys: "
+                            f"{', '.join(map(str, keys)) or 'none'}")
+        obj = obj[key]
+    elif isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} holds no state dict (a dict of tensors); {hint}")
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(v, torch.Tensor) for v in obj.values()):
+        what = (f"a dict with keys {', '.join(map(str, list(obj)[:6]))}"
+                if isinstance(obj, dict) and obj else type(obj).__name__)
+        raise UserError(f"{path} holds no state dict (a dict of tensors) but {what}; give "
+                        f"the key that holds it with model.weights_key=KEY, or {hint}")
+    if all(str(k).startswith("module.") for k in obj):
+        obj = {str(k).removeprefix("module."): v for k, v in obj.items()}
     return obj
 
 
@@ -514,16 +607,48 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
                         f"{'...' if len(res.unexpected_keys) > 3 else ''}")
 
 
+def _pretrained(model: nn.Module, spec: ModelSpec, download: bool) -> None:
+    """A user's network without a weights file: timm's pretrained weights from the Hugging
+    Face cache (downloaded only with ``download``); other sources need model.weights."""
+    assert spec.source is not None
+    if spec.source.kind != "timm":
+        what = ("has no pretrained weights in torchvision" if spec.source.kind == "torchvision"
+                else "is built by model._target_")
+        raise UserError(f"{spec.name} {what}: pass model.weights=PATH (a state dict, or a "
+                        "checkpoint with model.weights_key=KEY), or model.weights=random")
+    import os
+
+    import timm
+
+    offline = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "0" if download else "1"
+    try:
+        state = timm.create_model(spec.source.ref, pretrained=True,
+                                  **dict(spec.source.args)).state_dict()
+    except Exception as exc:  # noqa: BLE001 - no cached file, no network: one line
+        raise UserError(f"no pretrained weights for {spec.name} in the Hugging Face cache "
+                        f"({exc.__class__.__name__}); pass model.download=true on a machine "
+                        "with internet, or model.weights=PATH") from None
+    finally:
+        if offline is None:
+            del os.environ["HF_HUB_OFFLINE"]
+        else:
+            os.environ["HF_HUB_OFFLINE"] = offline
+    model.load_state_dict(state)
+
+
 def _source_url(spec: ModelSpec) -> str:
     """The download address of a pretrained source ("torchvision:ENUM.MEMBER")."""
     kind, _, ref = (spec.weights_source or "").partition(":")
-    enum_name, _, member = ref.partition(".")
     import torchvision.models
 
-    enum = getattr(torchvision.models, enum_name, None)
-    if kind != "torchvision" or enum is None or not hasattr(enum, member):
+    try:
+        weights = torchvision.models.get_weight(ref) if kind == "torchvision" else None
+    except (ValueError, AttributeError, KeyError):
+        weights = None
+    if weights is None:
         raise UserError(f"unknown weights source {spec.weights_source!r} of {spec.name}")
-    return getattr(enum, member).url
+    return weights.url
 
 
 def fetch_weights(spec: ModelSpec) -> Path:

@@ -204,11 +204,17 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
     else:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
                                                     pct_start=0.15)
-    t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=f"train {spec.name}", disable=not progress, unit="step")
-    loss_avg = first_loss = float("nan")
-    epoch_losses: list[float] = []
-    for epoch in range(r.epochs):
+    partial = spec.checkpoint(cache_dir).with_suffix(".partial.pt")
+    state = resume(partial, model, opt, sched, g)
+    loss_avg, first_loss = state.get("loss_avg", math.nan), state.get("first_loss", math.nan)
+    epoch_losses: list[float] = state.get("epoch_losses", [])
+    start = len(epoch_losses)
+    if start:
+        log(f"train {spec.name}: resuming after epoch {start} of {r.epochs} ({partial})")
+    t0 = time.perf_counter() - state.get("train_seconds", 0.0)
+    bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"train {spec.name}",
+               disable=not progress, unit="step")
+    for epoch in range(start, r.epochs):
         model.train()
         loss_sum = 0.0
         order = torch.randperm(len(x_tr), generator=g)
@@ -230,9 +236,15 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
             loss_avg = val if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * val
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_avg:.3f}")
-            if bar.n == min(ESTIMATE_STEPS, total):
-                log(estimate(spec, dev, bar.n, total, time.perf_counter() - t0))
+            if bar.n == start * steps_per_epoch + min(ESTIMATE_STEPS, total):
+                log(estimate(spec, dev, bar.n - start * steps_per_epoch,
+                             total - start * steps_per_epoch, time.perf_counter() - t0
+                             - state.get("train_seconds", 0.0)))
         epoch_losses.append(loss_sum / steps_per_epoch)
+        if epoch + 1 < r.epochs:
+            save_progress(partial, model, opt, sched, g, {
+                "epoch_losses": epoch_losses, "loss_avg": loss_avg, "first_loss": first_loss,
+                "train_seconds": time.perf_counter() - t0})
     bar.close()
     train_seconds = time.perf_counter() - t0
     acc, per_class = evaluate(model, x_te, y_te)
@@ -265,7 +277,37 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
         "train_seconds": train_seconds,
         "key": spec.key(),
     }
-    return save_checkpoint(spec, model, record, cache_dir)
+    out = save_checkpoint(spec, model, record, cache_dir)
+    partial.unlink(missing_ok=True)
+    return out
+
+
+def save_progress(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                  g: torch.Generator, progress: dict[str, Any]) -> None:
+    """Write the state after a finished epoch, so that a stopped training resumes there."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "generator": g.get_state(), **progress}
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+           g: torch.Generator) -> dict[str, Any]:
+    """Load what ``save_progress`` wrote into the objects; {} when there is nothing.
+
+    The file is ifv's own, named by the model's key, and read tensors-only.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["generator"])
+    except Exception as e:  # a damaged file costs the epochs it held, not the training
+        print(f"warning: ignoring {path} ({type(e).__name__}); training from the start")
+        return {}
+    return state
 
 
 def train_srnet(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool = True,
