@@ -20,12 +20,10 @@ other benchmarks, for stable timings on a shared machine.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from benchmarks.table1 import best_of
 from ifv.faces.config import compose
 from ifv.math.fv import adam, lbfgs
 from ifv.math.jacobian import response_and_gram
@@ -37,38 +35,27 @@ CASES = {"ResNet-20 layer3": ("resnet20_cifar", "layer3"),
          "DenseNet-BC-22 dense3": ("densenet22_cifar", "dense3")}
 
 
-def best_of(run: Callable[[], Any], repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def bench(model: str, layer: str, args: argparse.Namespace) -> dict[str, float]:
     """Seconds per sample of FV, Dy + G and each kinks setting for one network."""
     sizes = compose(["profile=quick"]).sizes.densenet
     s = Setting.make(model, layer, 64, "maxpool_mean", 2, "rgb", weights="random",
                      device="cpu")
     b = s.bind(progress=False)
-    fn, n = b.response, args.batch
+    fn, n, cpu = b.response, args.batch, torch.device("cpu")
     g = torch.Generator().manual_seed(0)
     v = b.param.init(n, g)
     x = uniform_sphere(n, 64, g).abs().to(v)
     out = {
-        "adam": best_of(lambda: adam(fn, v, x, 2.0, args.adam, 0.05), args.repeats)
+        "adam": best_of(lambda: adam(fn, v, x, 2.0, args.adam, 0.05), cpu, args.repeats)
         / args.adam / n,
-        "lbfgs": best_of(lambda: lbfgs(fn, v, x, 2.0, args.lbfgs, tol=0.0), args.repeats)
+        "lbfgs": best_of(lambda: lbfgs(fn, v, x, 2.0, args.lbfgs, tol=0.0), cpu, args.repeats)
         / args.lbfgs / n,
-        "Dy + G": best_of(lambda: response_and_gram(fn, v), args.repeats) / n}
+        "Dy + G": best_of(lambda: response_and_gram(fn, v), cpu, args.repeats) / n}
     out["FV"] = out["adam"] * sizes.adam_steps + out["lbfgs"] * sizes.lbfgs_steps
     for k in args.samples:
         kinks = Kinks(samples=k)
         out[f"kinks K={k}"] = best_of(lambda kinks=kinks: tangent_gram(fn, v, kinks),
-                                      args.repeats) / n
+                                      cpu, args.repeats) / n
     return out
 
 

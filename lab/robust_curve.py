@@ -1,5 +1,6 @@
 """Robust Grad-IFV on the DenseNet stand-in: median angles and the curve of angle against
-the number K of transform samples (docs/robust-ifv.md, "Measured").
+the number K of transform samples. What these commands measured, and on which network, is in
+docs/robust-ifv.md, Sec. 12 ("What it measures").
 
     OMP_NUM_THREADS=2 python -m lab.robust_curve --k 2 --prior none --out k2.json
     python -m lab.robust_curve --plot k2.json k0.json --figure robust_curve.png
@@ -11,7 +12,7 @@ fixed lr with a fresh draw of the standard transforms every step and no L-BFGS, 
 iterate or, with ``--adam-average S``, the mean of its iterates over the last share S of the
 steps;
 ``--maker lucent``: the same loop with the ``lucent`` preset, its 224 px upsample included,
-about 7 s a step on 2 cores). They are inverted by
+slow on a CPU). They are inverted by
 plain Grad-IFV and by the robust solver (both estimators, ``ifv.math.robust.ESTIMATORS``) on
 FV's own L-BFGS draws (``inversion.draws=fv``; ifv's maker only) and on the first K of
 K_max draws of their own seed (``sampled``) for every K in ``--ks``. Prints one JSON line

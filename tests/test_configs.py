@@ -254,3 +254,9 @@ def test_make_reproduce_runs_every_experiment_of_the_configs() -> None:
     assert "$(wildcard ifv/conf/experiment/*_robust*.yaml)" in make
     assert "$(wildcard ifv/conf/comparison/*.yaml)" in make
 
+
+
+def test_keys_of_empty_dicts_are_set_from_the_command_line() -> None:
+    """model.train.*, model.args.* and compare.b_train.* add their key (the README's forms)."""
+    cfg = compose(["model.train.epochs=3", "model.args.width=8", "compare.b_train.seed=1"])
+    assert (cfg.model.train.epochs, cfg.model.args.width, cfg.compare.b_train.seed) == (3, 8, 1)

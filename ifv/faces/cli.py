@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf, open_dict
 
 from ifv.errors import UserError
-from ifv.faces.config import CONF, choices, compose, one_line, open_train
+from ifv.faces.config import CONF, choices, compose, expand, one_line, user_dir
 from ifv.files import check_file, check_outputs, check_writable
 from ifv.run.store import StageCache
 
@@ -182,7 +182,7 @@ def cmd_run(args: list[str]) -> int:
             check_outputs(cfg.hydra.run.dir, outputs(cfg.figures), "hydra.run.dir")
         check_writable(StageCache(cfg.stage_cache).root, "stage_cache")
     main = hydra.main(config_path=str(CONF), config_name="config", version_base=None)(_run_task)
-    sys.argv = ["ifv run", *open_train(args)]
+    sys.argv = ["ifv run", *expand(args)]
     main()
     return 0
 
@@ -256,6 +256,35 @@ def cmd_list(args: list[str]) -> int:
         print(f"  {spec.name:24s} {spec.tier:8s} {have}")
         print(f"    {spec.description}")
         print("    layers: " + ", ".join(f"{k} ({c})" for k, c in spec.layers.items()))
+    own = [n for n in choices("model") if n not in MODELS and n not in ("auto", "source")]
+    where = user_dir()
+    print(f"your models ({where / 'model' if where else '$IFV_CONFIG_DIR/model'}/NAME.yaml; "
+          "ifv layers model=NAME shows their layers): " + (", ".join(own) or "none"))
+    print("  any network: model=torchvision:NAME, model=timm:NAME, or model._target_="
+          "pkg.module.callable with model.args.*, model.weights=PATH, model.input_size=[C,H,W]")
+    return 0
+
+
+def cmd_layers(args: list[str]) -> int:
+    """`ifv layers model=... [model.input_size=...]`: every tappable module of a network
+    with its output shape at the input size."""
+    from ifv.run.setting import model_options
+    from ifv.zoo.registry import model_entry
+    from ifv.zoo.sources import layers, probe
+
+    if not any(a.startswith(("model=", "model._target_=")) for a in args):
+        raise UserError("which model? use ifv layers model=NAME (a zoo name, torchvision:NAME, "
+                        "timm:NAME) or model._target_=pkg.module.callable")
+    options = model_options(compose(args).model)
+    spec = model_entry(options["model"], input_size=options["input_size"],
+                       normalize=options["normalize"], weights_key=options["weights_key"])
+    shape = (spec.in_channels, *spec.input_size)
+    found = (layers(spec.source, shape) if spec.source is not None
+             else probe(spec.build().eval(), shape, spec.name))
+    print(f"{spec.name}: the output of each module for an input of {list(shape)} (tap it "
+          "with layer=NAME; a module called twice gives its first output)")
+    for name, out in found.items():
+        print(f"  {name:40s} {list(out)}")
     return 0
 
 
@@ -270,9 +299,14 @@ The setting takes the same overrides as `ifv run` (default: the make demo settin
   device=auto|cpu|cuda|cuda:N, tf32=false|true, jacobian.method=auto|loop|batched|vmap,
   transforms=none|standard|lucid|lucent|custom (transforms.steps=[...]), prior=none|l2|tv|blur
   (prior.weight=W): how the images were made; with either, the robust solver inverts them
-  with inversion.samples=K (32) transform samples of inversion.seed (docs/robust-ifv.md);
-  from Adam at a fixed rate (Lucid, Lucent) invert the mean of the loop's last iterates,
-  not its last image (fv.adam_average; docs/robust-ifv.md Sec. 9)
+  with inversion.samples=K (32) transform samples of inversion.seed (docs/robust-ifv.md).
+  A Lucid/Lucent loop (a fresh random transform each Adam step, no final L-BFGS) does
+  not end at a stationary point, and the robust solver is unreliable on its last image.
+  Invert the mean of the loop's last quarter of iterates instead (ifv's loop:
+  fv.adam_average=0.25; another tool's: the mean of its images over those steps, e.g.
+  Lucent's render_vis with thresholds over the last steps). That was measured to work in
+  ifv's loop with param=rgb, not with Lucent's own defaults (colour-decorrelated FFT):
+  docs/robust-ifv.md Sec. 9
 and keys of its own:
   invert.input         image (default: files in [0, 1]) or params (.pt/.npy of P's variables v)
   invert.critical      a run's critical.parquet: C is its best critical space
@@ -365,7 +399,7 @@ def cmd_compare(args: list[str]) -> int:
 
     from ifv.faces.compare import compare
     from ifv.faces.correspondence import FILES, report, write
-    from ifv.run.setting import Experiment, Setting
+    from ifv.run.setting import Experiment, Setting, model_options
     from ifv.validate import plain
 
     if any(a in ("-h", "--help") for a in args):
@@ -394,11 +428,22 @@ def cmd_compare(args: list[str]) -> int:
         keys = {"model": "compare.b_model" if c.b_model else "model",
                 "layer": "compare.b_layer" if c.b_layer else "layer",
                 "features": features_key, "weights": "compare.b_weights"}
-        b = Setting.make(c.b_model or cfg.model.name, c.b_layer or cfg.layer,
-                         plain(features), cfg.aggregation.name, cfg.k, plain(cfg.param),
-                         weights=c.b_weights, cache_dir=cfg.model.cache_dir,
-                         train=plain(c.b_train), device=cfg.device, tf32=cfg.tf32,
-                         transforms=a.transforms, prior=a.prior, keys=keys)
+        # B's model: a zoo name, a source or a model you registered (its own model.* node),
+        # else A's network; its weights and recipe from compare.b_*
+        if c.b_model and ":" not in c.b_model and c.b_model not in choices("model"):
+            raise UserError(f"unknown compare.b_model {c.b_model!r}; valid: "
+                            f"{', '.join(choices('model'))}, torchvision:NAME, timm:NAME")
+        node = compose([f"model={c.b_model}"]).model if c.b_model else cfg.model
+        options = model_options(node)
+        if options["input_size"] is None:  # B takes A's inputs unless its node says otherwise
+            options["input_size"] = plain(cfg.model.input_size)
+        b = Setting.make(**{**options, "weights": c.b_weights or (
+                             node.weights if c.b_model else None),
+                            "train": plain(c.b_train), "cache_dir": cfg.model.cache_dir},
+                         layer=c.b_layer or cfg.layer, features=plain(features),
+                         aggregation=cfg.aggregation.name, k=cfg.k, param=plain(cfg.param),
+                         device=cfg.device, tf32=cfg.tf32, transforms=a.transforms,
+                         prior=a.prior, keys=keys)
     out = Path(c.out or f"outputs/compare/{c.name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     check_outputs(out, FILES, "compare.out")
     cache = StageCache(cfg.stage_cache).root
@@ -416,8 +461,8 @@ def cmd_compare(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "invert": cmd_invert,
-            "compare": cmd_compare}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "list": cmd_list, "layers": cmd_layers,
+            "invert": cmd_invert, "compare": cmd_compare}
 
 
 def version() -> str:

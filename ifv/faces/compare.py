@@ -255,8 +255,10 @@ def _label(s: Setting) -> str:
         return s.model_name
     from ifv.zoo import get_spec
 
-    default = asdict(get_spec(s.spec.name).recipe)
-    diff = [f"{k}={v}" for k, v in asdict(s.spec.recipe).items() if default.get(k) != v]
+    diff = []
+    if s.spec.source is None:
+        default = asdict(get_spec(s.spec.name).recipe)
+        diff = [f"{k}={v}" for k, v in asdict(s.spec.recipe).items() if default.get(k) != v]
     if s.weights:
         diff.append(f"weights={s.weights}")
     return s.spec.name + (f"[{','.join(diff)}]" if diff else "")
@@ -269,16 +271,22 @@ def _describe(s: Setting, bound: Bound) -> dict[str, Any]:
 
 def _baseline_images(images: Source | Sequence[Source] | None, n: int, a: Setting
                      ) -> tuple[Tensor, str]:
-    """The baseline's images (N, 3, H, W) and where they come from: ``n`` procedural
-    patterns, or the files and tensors of ``images`` (``compare.images``), read and checked
-    (shape, range, at least 2)."""
+    """The baseline's images (N, C, H, W) with A's input channels C and where they come
+    from: ``n`` procedural patterns (in grey for a one-channel network), or the files and
+    tensors of ``images`` (``compare.images``), read and checked (shape, range, at least
+    2)."""
+    c = a.in_channels
     if images is None:
         from ifv.zoo.data.patterns import make_patterns
 
+        if c not in (1, 3):
+            raise UserError(f"the correlation baseline's patterns are images; A takes "
+                            f"{c}-channel inputs: give compare.images")
         assert a.size is not None
-        return make_patterns(n, seed=PATTERN_SEED, size=a.size[0])[0], "patterns"
+        pics = make_patterns(n, seed=PATTERN_SEED, size=a.size[0])[0]
+        return (pics.mean(1, keepdim=True) if c == 1 else pics), "patterns"
     try:
-        pics, _ = load_images(images, 3, a.size)
+        pics, _ = load_images(images, c, a.size)
     except UserError as exc:
         raise UserError(f"compare.images: {exc}") from None
     if len(pics) < 2:

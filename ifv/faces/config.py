@@ -290,16 +290,16 @@ def user_dir() -> Path | None:
 
 
 def expand(args: list[str]) -> list[str]:
-    """The command line as Hydra takes it: ``model.train.KEY=V`` and ``model.args.KEY=V``
-    add KEY to an empty dict (``++``); ``model=torchvision:NAME`` (or ``timm:NAME``) picks
-    conf/model/source.yaml with that name; your config folder (``user_dir``) joins the
-    search path."""
+    """The command line as Hydra takes it: ``model.train.KEY=V``, ``model.args.KEY=V`` and
+    ``compare.b_train.KEY=V`` add KEY to an empty dict (``++``); ``model=torchvision:NAME``
+    (or ``timm:NAME``) picks conf/model/source.yaml with that name; your config folder
+    (``user_dir``) joins the search path."""
     out = []
     for a in args:
         key, _, value = a.partition("=")
         if key in ("model", "+model") and ":" in value:
             out += ["model=source", f"model.name={value}"]
-        elif a.startswith(("model.train.", "model.args.")):
+        elif a.startswith(("model.train.", "model.args.", "compare.b_train.")):
             out.append(f"++{a}")
         else:
             out.append(a)

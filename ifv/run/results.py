@@ -2,7 +2,7 @@
 and the builders of both tables.
 
 results.parquet has one row per (sample, critical space); critical.parquet one row per
-critical space (C = R^{n_f} first). The pipeline, ``experiments/`` and the tests' synthetic
+critical space (C = R^{n_f} first). The pipeline, ``paper/`` and the tests' synthetic
 runs build their tables here, and docs/results.md is generated from here
 (``python -m ifv.run.results``). Angles are in degrees and sign-free (Sec. 3.4).
 """
@@ -167,7 +167,8 @@ def markdown() -> str:
                 *(f"| `{c}` | {m} |" for c, m in cols.items())]
 
     lines = ["# The results schema", "",
-             "Generated from `ifv/results.py` by `python -m ifv.run.results > docs/results.md`.",
+             "Generated from `ifv/run/results.py` by "
+             "`python -m ifv.run.results > docs/results.md`.",
              "", "## results.parquet", "",
              "One row per (sample, critical space). Angles are in degrees and sign-free "
              "(Sec. 3.4).", "", "Per run:", "", *table(RUN), "",

@@ -347,7 +347,7 @@ MODELS: dict[str, ModelSpec] = {
         recipe=_GN_OFFLINE_RECIPE,
         classifier="fc",
         description="paper-sized stand-in (scale=paper): googlenet_patterns at 224x224 (512 "
-                    "channels at inception4c, 7x7 maps), for a GPU",
+                    "channels at inception4c, 14x14 maps), for a GPU",
     ),
     "googlenet": ModelSpec(
         name="googlenet",

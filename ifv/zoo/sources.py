@@ -145,6 +145,17 @@ def _callable(path: str) -> Any:
     return getattr(obj, attr)
 
 
+def _pretrainable(kind: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """torchvision's or timm's architecture ``name`` at its random initialization."""
+    if kind == "torchvision":
+        import torchvision.models as tvm
+
+        return tvm.get_model(name, weights=None, **kwargs)
+    import timm
+
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a user's network comes from: ``kind`` torchvision, timm or target; ``ref`` the
@@ -165,21 +176,11 @@ class Source:
     def build(self) -> nn.Module:
         """The architecture at its own random initialization, in eval mode."""
         kwargs = dict(self.args)
-        if self.kind == "torchvision":
-            import torchvision.models as tvm
-
+        if self.kind in KINDS:
             try:
-                net = tvm.get_model(self.ref, weights=None, **kwargs)
+                net = _pretrainable(self.kind, self.ref, kwargs)
             except TypeError as exc:
-                raise UserError(f"torchvision:{self.ref} does not take model.args {kwargs}: "
-                                f"{exc}") from None
-        elif self.kind == "timm":
-            import timm
-
-            try:
-                net = timm.create_model(self.ref, pretrained=False, **kwargs)
-            except TypeError as exc:
-                raise UserError(f"timm:{self.ref} does not take model.args {kwargs}: "
+                raise UserError(f"{self.describe()} does not take model.args {kwargs}: "
                                 f"{exc}") from None
         else:
             from hydra.utils import instantiate

@@ -7,10 +7,9 @@ outputs are concatenated to their inputs; transitions (BN-ReLU-1x1 conv with com
 pre-activation output), ``pool`` (BN-ReLU-global mean) and ``classifier`` (the logits).
 
 ``activation="softplus"`` replaces every ReLU by Softplus with beta = 4 (a ReLU whose kink is
-rounded over about +-0.5). The offline stand-ins use it: a 22-layer ReLU network is piecewise
-linear with coarse linear regions, so FV's optima of the logits sit on kinks where the gradient
-x^T Z_k Dy never vanishes, against the premise of Sec. 2.1. What the swap measured:
-docs/stand-ins.md.
+rounded over about +-0.5): the smooth twins (``*_softplus``) that measure what smoothness does
+to Grad-IFV. With ReLU, FV's optima sit on kinks where x^T Z_k Dy need not vanish, against the
+premise of Sec. 2.1; docs/kinks.md is the estimator for that case, docs/stand-ins.md the twins.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ ACTIVATIONS = ("relu", "softplus")
 
 
 def activation_layer(name: str) -> nn.Module:
-    """The nonlinearity: ReLU (the paper's networks) or Softplus(beta=4) (the stand-ins)."""
+    """The nonlinearity: ReLU (the paper's networks, the stand-ins) or Softplus(beta=4) (the
+    smooth twins)."""
     if name == "relu":
         return nn.ReLU(inplace=False)
     if name == "softplus":

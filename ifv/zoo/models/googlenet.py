@@ -6,14 +6,13 @@ the wrapper under their torchvision names, so ``inception4c`` is a tappable laye
 (``ifv.math.objective.tap(model, "inception4c", x)``) and the wrapper's state dict has exactly the
 keys of torchvision's (less the auxiliary classifiers, which FV never uses).
 
-The offline stand-in changes three things (``smooth`` and ``preactivation``): Softplus
-(beta = 4) for ReLU and average for max pooling, so that FV's optima are stationary points
-rather than kinks (see ifv/models/densenet.py); and the activation of inception4c moved from
-the ends of its four branches to after their concatenation, which computes the same function
-but makes the tapped output a pre-activation, as DenseNet's dense3 is. At 64 px inception4c
-has 4x4 maps, and a channel whose activation is flat at all 16 positions has a zero row in
-Dy: e_i is then a trivial solution for that sample. The stand-in also trains at a low
-learning rate (``ifv.zoo.registry``). Each change and what it measured: docs/stand-ins.md.
+The smooth twin (``googlenet_patterns_softplus``) changes three things (``smooth`` and
+``preactivation``): Softplus (beta = 4) for ReLU and average for max pooling, so that FV's
+optima are stationary points rather than kinks (see ifv/zoo/models/densenet.py); and the
+activation of inception4c moved from the ends of its four branches to after their
+concatenation, which computes the same function but makes the tapped output a
+pre-activation, as DenseNet's dense3 is. The stand-ins themselves are torchvision's
+GoogLeNet as it is. docs/stand-ins.md describes both.
 """
 
 from __future__ import annotations
