@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +257,11 @@ def test_report_verdicts_on_planted_values(built: tuple[Path, list[str]]) -> Non
 def test_report_file(built: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, _ = built
     text = (root / "figures/REPORT.md").read_text()
+    head = subprocess.run(["git", "-C", str(Path(__file__).parents[1]), "rev-parse",
+                           "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    stamp = re.search(r"\(commit (\S+)( \+ local changes)?, (\d{4}-\d\d-\d\d)\)", text)
+    assert stamp is not None  # the commit and the date the report was made from
+    assert stamp[1] == (head or "no") and stamp[3] == time.strftime("%Y-%m-%d", time.gmtime())
     table = [ln for ln in text.splitlines() if ln.startswith("| ") and ln.endswith(" |")
              and ln.split("|")[1].strip().isdigit()]
     assert len(table) == len(CLAIMS)
