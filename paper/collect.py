@@ -117,7 +117,7 @@ def newest_only(runs: list[Run], log: Callable[[str], None]) -> list[Run]:
 
 def _valid_npz(path: Path) -> bool:
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             return "before" in z.files
     except Exception:  # a corrupt archive is reported by the caller
         return False

@@ -93,7 +93,7 @@ class Results:
         path = self.root / f"{exp}.npz" if key is None else self.root / exp / f"{key}.npz"
         if not path.is_file():
             return None
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
 
     # --- comparisons (``ifv compare``), collected into ``compare/`` -----------------------

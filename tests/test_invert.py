@@ -18,7 +18,7 @@ from ifv.faces.cli import main
 from ifv.math.fv import FVSettings, realize
 from ifv.math.inverse import solve, unit, z_k, z_k_inv
 from ifv.math.jacobian import response_and_gram
-from ifv.math.kink import Kinks, tangent_gram
+from ifv.math.kink import Kinks, solve_at_kinks, tangent_gram
 from ifv.math.metrics import angular_distance
 from ifv.math.objective import Response
 from ifv.math.param import make_param
@@ -112,7 +112,7 @@ def test_prediction_equals_low_level_invert(small_cnn: nn.Module, name: str) -> 
     assert torch.allclose(param(v), images.clamp(EPS, 1 - EPS), atol=1e-12)
     response = Response(small_cnn, param, "conv2", [5, 1, 3], "maxpool_mean")
     y, _, g_t, dim = tangent_gram(response, v, Kinks())  # the default: the tangent condition
-    x_low, _ = solve(y, g_t, K)
+    x_low = solve_at_kinks(y, g_t, K, None, dim)
     assert res.features == [5, 1, 3]
     assert torch.allclose(res.x_pred, x_low, atol=1e-10)
     assert torch.allclose(res.y, y, atol=1e-12) and torch.equal(res.kink_dim, dim)

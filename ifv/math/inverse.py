@@ -89,3 +89,26 @@ def solve(y: Tensor, gram: Tensor, k: float, basis: Tensor | None = None) -> tup
     x = unit(x)
     sign = torch.where((x * y).sum(-1) < 0, -1.0, 1.0).to(x)
     return x * sign.unsqueeze(-1), evals[..., 0].clamp_min(0.0)
+
+
+def solve_log(y: Tensor, gram: Tensor, k: float, basis: Tensor | None = None,
+              eps: float = 1e-12) -> Tensor:
+    """The objectives of least relative stationarity, argmin ||grad log f_x|| over x.
+
+    For x^T y > 0, grad_v log f_x = (k+1) x^T Z_k(y) Dy / (x^T y) (Sec. 2.1's gradient
+    divided by f_x), so x* = U sigma* with sigma* = argmin sigma^T B sigma / (sigma^T c)^2,
+    B = U^T Z_k G Z_k U and c = U^T y: sigma* proportional to B^{-1} c, with B's eigenvalues
+    floored at ``eps`` lambda_max (an exact null space of B then takes over, as the exact
+    answer of Opt. (3) would). Unlike Opt. (3) it does not favour objectives on features that
+    hardly respond (x^T y near 0, the trivial solutions of Sec. 2.2); where x^T Z_k Dy = 0
+    holds exactly for an x with x^T y > 0, both give that x (docs/kinks.md).
+
+    y: (B, n_f); gram: (B, n_f, n_f); basis C_M: (n_f, d), default R^{n_f} -> x*: (B, n_f)
+    unit vectors with x*^T y > 0.
+    """
+    y = y.double()
+    u, evals, evecs = reduced_spectrum(y, gram, k, basis)
+    floor = eps * evals[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
+    c = (evecs.transpose(-1, -2) @ u.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)
+    sigma = (evecs @ (c / torch.maximum(evals, floor)).unsqueeze(-1)).squeeze(-1)
+    return unit((u @ sigma.unsqueeze(-1)).squeeze(-1))

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ifv.errors import UserError
-from ifv.math.inverse import symmetric
+from ifv.math.inverse import solve, solve_log, symmetric
 from ifv.math.jacobian import chunk_size, gram, jacobian, pick, response_and_gram
 from ifv.math.objective import ResponseFn
 from ifv.validate import count, number
@@ -179,3 +179,20 @@ def response_and_grams(fn: ResponseFn, v: Tensor, kinks: Kinks, *, method: str =
                             progress=progress)
     y, g = response_and_gram(fn, v, method=method, max_bytes=max_bytes, progress=progress)
     return y, g, g, torch.zeros(len(v), dtype=torch.long, device=v.device)
+
+
+def solve_at_kinks(y: Tensor, gram: Tensor, k: float, basis: Tensor | None,
+                   kink_dim: Tensor) -> Tensor:
+    """Grad-IFV's x* with the tangent condition: per sample, where switch normals were found
+    (dim N > 0) the objective of least relative stationarity on G_T
+    (``ifv.math.inverse.solve_log``), elsewhere Opt. (3) (``ifv.math.inverse.solve``), so a
+    smooth network gets Opt. (3)'s answer.
+
+    y: (B, n_f); gram: G_T (B, n_f, n_f); basis C_M: (n_f, d) or None; kink_dim: (B,) ->
+    x*: (B, n_f) unit vectors with x*^T y >= 0.
+    """
+    plain = solve(y, gram, k, basis)[0]
+    kinked = (kink_dim > 0).unsqueeze(-1).to(plain.device)
+    if not bool(kinked.any()):
+        return plain
+    return torch.where(kinked, solve_log(y, gram, k, basis), plain)

@@ -25,6 +25,7 @@ from ifv.device import float32_precision, precision_key, synchronize, to
 from ifv.files import atomic_write, check_outputs, check_writable, content_key
 from ifv.math.critical import CriticalSpace, complement, critical_space, rho_search
 from ifv.math.inverse import full_space, solve, unit
+from ifv.math.kink import solve_at_kinks
 from ifv.math.metrics import (
     alpha_coefficients,
     angular_distance,
@@ -105,7 +106,7 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     plain_gram = torch.where(finite[:, None, None], jac["gram_plain"], gram)
     spaces = critical_candidates(exp, gram[finite], log)
     t0 = time.perf_counter()
-    preds = [solve(y, gram, s.k, sp.basis)[0] for sp in spaces]
+    preds = [solve_at_kinks(y, gram, s.k, sp.basis, jac["kink_dim"]) for sp in spaces]
     synchronize(dev)
     t_pred = (time.perf_counter() - t0) / len(spaces)
     rob = None

@@ -360,8 +360,9 @@ def _check_channels(p: Parametrization, spec: ModelSpec, key: Mapping[str, str])
     if p.channels == spec.in_channels:
         return
     h, w = spec.input_size
+    own = spec.source is not None  # a user's network: image parametrizations take its channels
     fits = [n for n in PARAMS if make_param(
-        n, h, w, **({"channels": spec.in_channels} if n in IMAGE_PARAMS else {})
+        n, h, w, **({"channels": spec.in_channels} if own and n in IMAGE_PARAMS else {})
     ).channels == spec.in_channels]
     raise UserError(f"{key['param']}={p.name} makes {p.channels}-channel inputs, but "
                     f"{key['model']}={spec.name} takes {spec.in_channels}-channel ones; valid "

@@ -24,8 +24,7 @@ from torch import Tensor
 
 from ifv.device import synchronize, to
 from ifv.math.fv import FVSettings, realize
-from ifv.math.inverse import solve
-from ifv.math.kink import Kinks, response_and_grams
+from ifv.math.kink import Kinks, response_and_grams, solve_at_kinks
 from ifv.math.metrics import next_residual, relative_residual, ssim
 from ifv.math.robust import Robust, prior_weight, quantities, solve_quantities
 from ifv.run.setting import Bound
@@ -225,7 +224,7 @@ class Chain:
             r = self.robust(v, [basis], rb, fv=fv, seed=seed, max_bytes=max_bytes)
             x, residual, nxt = r["x"][0], r["residual"][0], r["next_residual"][0]
         else:
-            x = solve(y, gram, k, basis)[0]
+            x = solve_at_kinks(y, gram, k, basis, g["kink_dim"])
             residual, nxt = relative_residual(x, y, gram, k), next_residual(y, gram, k, basis)
         return Inverted(y=y, gram=gram, x=x, residual=residual, next_residual=nxt,
                         kink_dim=g["kink_dim"])

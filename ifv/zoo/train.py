@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ifv.errors import UserError
-from ifv.files import atomic_write, write_json
+from ifv.files import atomic_write, load_tensors, write_json
 from ifv.zoo.data.patterns import make_patterns
 from ifv.zoo.registry import ModelSpec
 
@@ -299,7 +299,7 @@ def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
     if not path.is_file():
         return {}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
