@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 
 from ifv.faces.cli import main
-from ifv.run.pipeline import outputs
+from ifv.run.pipeline import outputs, summary
 from ifv.run.results import CRITICAL, RESULTS, markdown
 
 TINY = ["model.weights=random", "features.n=4", "sampling.n_total=4", "fv.adam_steps=3",
@@ -221,3 +222,12 @@ def test_an_unwritable_model_cache_fails_before_training(
     assert err == ("ifv: error: cannot write the model cache /proc/ifv/models: "
                    "No such file or directory; choose a folder that can be written")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_summary_counts_the_samples_fv_never_moved() -> None:
+    """A realization whose FV gradient was exactly 0 (the target's features off at the
+    start) is counted in the summary, and only then."""
+    df = synthetic.run_frame("exp01", n=6)
+    assert "never moved" not in summary(df)
+    df.loc[df.index[:2], "grad_norm"] = 0.0
+    assert "FV never moved: 2 (zero gradient at the start" in summary(df)

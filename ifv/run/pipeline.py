@@ -276,9 +276,12 @@ def summary(df: pd.DataFrame) -> str:
     df = df[df.best_space]
     med = df.median(numeric_only=True)
     can, rnd = df[df.canonical], df[~df.canonical]
+    stuck = int((df.grad_norm == 0).sum())
     lines += [
         f"samples: {len(df) + bad} ({int(df.canonical.sum())} canonical), "
-        f"stable: {int(df.stable.sum())}",
+        f"stable: {int(df.stable.sum())}" + (
+            f", FV never moved: {stuck} (zero gradient at the start: the target's features "
+            "are off there, and no inversion can recover it)" if stuck else ""),
         f"median angle to target [deg]: predicted {med.angle_pred:.1f} "
         f"(canonical {can.angle_pred.median():.1f}, sampled {rnd.angle_pred.median():.1f}), "
         f"response {med.angle_response:.1f}, random {med.angle_random:.1f}",
