@@ -122,7 +122,7 @@ class Refused(ValueError):
 def load_tensors(path: str | Path) -> Any:
     """The content of a torch.save file on the CPU, loaded with ``weights_only=True``:
     tensors, numbers and plain containers. Anything else (a pickled object, a damaged
-    file) raises ``Refused`` with a reason that never suggests ``weights_only=False``."""
+    file) raises ``Refused`` with a reason that never suggests turning ``weights_only`` off."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
