@@ -191,8 +191,10 @@ def solve_at_kinks(y: Tensor, gram: Tensor, k: float, basis: Tensor | None,
     y: (B, n_f); gram: G_T (B, n_f, n_f); basis C_M: (n_f, d) or None; kink_dim: (B,) ->
     x*: (B, n_f) unit vectors with x*^T y >= 0.
     """
-    plain = solve(y, gram, k, basis)[0]
-    kinked = (kink_dim > 0).unsqueeze(-1).to(plain.device)
-    if not bool(kinked.any()):
-        return plain
-    return torch.where(kinked, solve_log(y, gram, k, basis), plain)
+    kinked = (kink_dim > 0).to(y.device)
+    x = torch.empty(y.shape, dtype=torch.float64, device=y.device)
+    if bool(kinked.any()):
+        x[kinked] = solve_log(y[kinked], gram[kinked], k, basis)
+    if not bool(kinked.all()):
+        x[~kinked] = solve(y[~kinked], gram[~kinked], k, basis)[0]
+    return x
