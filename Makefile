@@ -19,7 +19,7 @@ demo: install            ## the default experiment on the offline model (trains 
 
 test: install            ## lint, then the test suite
 	$(VENV)/bin/ruff check ifv paper lab tests benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile --durations 15
 
 lint: install
 	$(VENV)/bin/ruff check ifv paper lab tests benchmarks

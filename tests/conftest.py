@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist the cores are shared out among the workers (one torch thread each
+    on 2 cores), for the CLI runs the tests start too; OMP_NUM_THREADS, where set, wins."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True, scope="session")

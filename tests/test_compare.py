@@ -154,8 +154,9 @@ def test_googlenet_planted_copy_is_recovered(planted: str, k: float) -> None:
     if planted == "permuted":
         assert float(ang.max()) < 1e-6
         assert bool(comp.confident.all())
-    elif exact:  # measured: canonical rows 0.017 deg at most, scales 0.09% / 0.6%
-        assert float(ang[can].max()) < 0.1
+    elif exact:  # measured: canonical rows 0.017 deg at most with 2 threads, 0.28 with 1
+        # (FV's end point follows the summation order); scales 0.09% / 0.6%
+        assert float(ang[can].max()) < 0.5
         assert s["scale_error_median"] < 0.01 and s["scale_error_max"] < 0.05
     else:  # k = 2: e_i maps near, not onto, e_pi(i)
         assert float(ang[can].median()) < 1.0 and s["median_angle_truth"] > 1.0
