@@ -211,8 +211,8 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
     start = len(epoch_losses)
     if start:
         log(f"train {spec.name}: resuming after epoch {start} of {r.epochs} ({partial})")
-    before = state.get("train_seconds", 0.0)  # seconds spent before a resume
-    t0 = time.perf_counter() - before
+    resumed = time.perf_counter()
+    t0 = resumed - state.get("train_seconds", 0.0)  # counts the seconds before a resume
     bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"train {spec.name}",
                disable=not progress, unit="step")
     for epoch in range(start, r.epochs):
@@ -240,7 +240,7 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
             if bar.n == start * steps_per_epoch + min(ESTIMATE_STEPS, total):
                 log(estimate(spec, dev, bar.n - start * steps_per_epoch,
                              total - start * steps_per_epoch,
-                             time.perf_counter() - t0 - before))
+                             time.perf_counter() - resumed))
         epoch_losses.append(loss_sum / steps_per_epoch)
         if epoch + 1 < r.epochs:
             save_progress(partial, model, opt, sched, g, {
