@@ -1,9 +1,11 @@
 """The tangent condition's extra cost per sample against FV's own (docs/kinks.md).
 
 Run: ``python -m benchmarks.bench_kinks [--samples 4 16] [--threads N]`` from the checkout
-(``make bench`` runs it). Per network (the ReLU networks on real CIFAR-10, with random
-weights: speed does not depend on the weights), at its tap with 64 features, max pooling +
-mean, k = 2, P_rgb, on the CPU, for a batch of ``--batch`` samples:
+(``make bench`` runs it). Per network (the ReLU networks on real CIFAR-10 at 32 px and
+torchvision's MobileNet v2 at ImageNet's 224 px, a 14x14 block output, with random weights:
+speed does not depend on the weights), at its tap with 64 features, max pooling + mean,
+k = 2, P_rgb, on the CPU, for a batch of ``--batch`` samples (one at 224 px, where only
+``--samples``' first K is timed):
 
 - FV: ``a`` Adam steps and ``l`` L-BFGS iterations are timed and charged at the default
   profile's counts (``profile=quick``), per sample; samples that converge leave L-BFGS
@@ -31,17 +33,19 @@ from ifv.math.kink import Kinks, tangent_gram
 from ifv.math.sampling import uniform_sphere
 from ifv.run.setting import Setting
 
-CASES = {"ResNet-20 layer3": ("resnet20_cifar", "layer3"),
-         "DenseNet-BC-22 dense3": ("densenet22_cifar", "dense3")}
+CASES = {"ResNet-20 layer3": ("resnet20_cifar", "layer3", False),
+         "DenseNet-BC-22 dense3": ("densenet22_cifar", "dense3", False),
+         "MobileNet v2 224 px": ("torchvision:mobilenet_v2", "features.7", True)}
 
 
-def bench(model: str, layer: str, args: argparse.Namespace) -> dict[str, float]:
-    """Seconds per sample of FV, Dy + G and each kinks setting for one network."""
+def bench(model: str, layer: str, large: bool, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds per sample of FV, Dy + G and each kinks setting for one network (``large``:
+    one sample, the first K only)."""
     sizes = compose(["profile=quick"]).sizes.densenet
     s = Setting.make(model, layer, 64, "maxpool_mean", 2, "rgb", weights="random",
                      device="cpu")
     b = s.bind(progress=False)
-    fn, n, cpu = b.response, args.batch, torch.device("cpu")
+    fn, n, cpu = b.response, 1 if large else args.batch, torch.device("cpu")
     g = torch.Generator().manual_seed(0)
     v = b.param.init(n, g)
     x = uniform_sphere(n, 64, g).abs().to(v)
@@ -52,7 +56,7 @@ def bench(model: str, layer: str, args: argparse.Namespace) -> dict[str, float]:
         / args.lbfgs / n,
         "Dy + G": best_of(lambda: response_and_gram(fn, v), cpu, args.repeats) / n}
     out["FV"] = out["adam"] * sizes.adam_steps + out["lbfgs"] * sizes.lbfgs_steps
-    for k in args.samples:
+    for k in args.samples[:1] if large else args.samples:
         kinks = Kinks(samples=k)
         out[f"kinks K={k}"] = best_of(lambda kinks=kinks: tangent_gram(fn, v, kinks),
                                       cpu, args.repeats) / n
@@ -73,9 +77,9 @@ def main() -> None:
     print(f"seconds per sample on the CPU ({args.threads} thread(s)); FV charged at "
           f"profile=quick's {quick.adam_steps} Adam + {quick.lbfgs_steps} L-BFGS steps")
     print(f"{'network':<24}{'stage':<14}{'s/sample':>10}{'/ Dy+G':>9}{'/ FV':>8}")
-    for name, (model, layer) in CASES.items():
-        t = bench(model, layer, args)
-        for stage in ["FV", "Dy + G", *(f"kinks K={k}" for k in args.samples)]:
+    for name, (model, layer, large) in CASES.items():
+        t = bench(model, layer, large, args)
+        for stage in ["FV", "Dy + G", *(k for k in t if k.startswith("kinks"))]:
             print(f"{name:<24}{stage:<14}{t[stage]:>10.3f}{t[stage] / t['Dy + G']:>9.1f}"
                   f"{t[stage] / t['FV']:>8.2f}")
 

@@ -84,7 +84,7 @@ class ModelSpec:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     # the child module that computes the logits (zero-initialized by `ifv train`)
     classifier: str = "classifier"
-    # a user's network (tier "user", ``source_spec``): where it comes from, its input
+    # a user's network (tier "user", ``model_entry``): where it comes from, its input
     # channels and the key of the state dict inside its checkpoint
     source: Source | None = None
     channels: int | None = None
@@ -120,7 +120,7 @@ class ModelSpec:
         network: its source, input and normalization; its weights are keyed by content,
         ``ifv.zoo.sources.content``)."""
         if self.source is not None:
-            return content_key({"source": self.source.describe(), "args": self.source.args,
+            return content_key({**self.source.identity(),
                                 "input": [self.in_channels, *self.input_size],
                                 "normalize": self.normalize,
                                 "weights_key": self.weights_key}, 10)
@@ -609,8 +609,11 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
 
 def _pretrained(model: nn.Module, spec: ModelSpec, download: bool) -> None:
     """A user's network without a weights file: timm's pretrained weights from the Hugging
-    Face cache (downloaded only with ``download``); other sources need model.weights."""
+    Face cache (downloaded only with ``download``); a file's network (onnx, tflite) has its
+    weights already; other sources need model.weights."""
     assert spec.source is not None
+    if spec.source.is_file:
+        return
     if spec.source.kind != "timm":
         what = ("has no pretrained weights in torchvision" if spec.source.kind == "torchvision"
                 else "is built by model._target_")

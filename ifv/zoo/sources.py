@@ -1,9 +1,11 @@
-"""Your own network as a zoo entry: ``torchvision:NAME``, ``timm:NAME``, or any importable
-callable that returns an ``nn.Module`` (a Hydra ``_target_`` with its arguments), with its
-weights, its input and its normalization.
+"""Your own network as a zoo entry: ``torchvision:NAME``, ``timm:NAME``, a file of another
+framework (``onnx:PATH``, ``tflite:PATH``; ``ifv.zoo.exchange``), or any importable callable
+that returns an ``nn.Module`` (a Hydra ``_target_`` with its arguments), with its weights,
+its input and its normalization.
 
-``source_spec`` turns such a source into a ``ModelSpec`` (tier "user") that every face uses
-like a zoo model: ``ModelSpec.build`` makes the architecture, ``ifv.zoo.registry.load``
+``ifv.zoo.registry.model_entry`` turns such a source into a ``ModelSpec`` (tier "user")
+that every face uses like a zoo model: ``ModelSpec.build`` makes the architecture,
+``ifv.zoo.registry.load``
 puts the weights in (a state dict, or a checkpoint that holds one under ``weights_key``;
 a ``module.`` prefix is stripped; read with ``weights_only=True``), and the input in [0, 1]
 is normalized by a forward pre-hook (``Normalize``), so the module's own layer names are
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from ifv.errors import UserError
 
 KINDS = ("torchvision", "timm")
+FILES = ("onnx", "tflite")  # the weights are in the file
 NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -158,9 +161,9 @@ def _pretrainable(kind: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 @dataclass(frozen=True)
 class Source:
-    """Where a user's network comes from: ``kind`` torchvision, timm or target; ``ref`` the
-    model's name or the callable's import path; ``args`` the keyword arguments it is built
-    with."""
+    """Where a user's network comes from: ``kind`` torchvision, timm, onnx, tflite or
+    target; ``ref`` the model's name, the file's path or the callable's import path;
+    ``args`` the keyword arguments it is built with."""
 
     kind: str
     ref: str
@@ -173,9 +176,27 @@ class Source:
         args = ",".join(f"{k}={v}" for k, v in self.args)
         return f"{self.ref}({args})" if args else self.ref
 
+    @property
+    def is_file(self) -> bool:
+        """Whether the network and its weights come from one file (onnx, tflite)."""
+        return self.kind in FILES
+
+    def identity(self) -> dict[str, Any]:
+        """What keys this source in the caches: its description and arguments, and a
+        file's content (``content``), so that a changed file is never read stale."""
+        ident: dict[str, Any] = {"source": self.describe(), "args": self.args}
+        if self.is_file:
+            ident["content"] = content(self.ref)
+        return ident
+
     def build(self) -> nn.Module:
-        """The architecture at its own random initialization, in eval mode."""
+        """The architecture at its own random initialization (a file's network with the
+        file's weights), in eval mode."""
         kwargs = dict(self.args)
+        if self.is_file:
+            from ifv.zoo.exchange import onnx, tflite
+
+            return (onnx if self.kind == "onnx" else tflite).convert(self.ref)
         if self.kind in KINDS:
             try:
                 net = _pretrainable(self.kind, self.ref, kwargs)
@@ -200,8 +221,9 @@ class Source:
 
 
 def parse(model: str | Mapping[str, Any]) -> Source | None:
-    """The source a ``model`` value names: ``torchvision:NAME``, ``timm:NAME`` or a mapping
-    with ``_target_`` (and ``args``); None for a zoo name."""
+    """The source a ``model`` value names: ``torchvision:NAME``, ``timm:NAME``,
+    ``onnx:PATH``, ``tflite:PATH`` (an existing file) or a mapping with ``_target_`` (and
+    ``args``); None for a zoo name."""
     if isinstance(model, Mapping):
         target = model.get("_target_")
         if not isinstance(target, str) or not target:
@@ -214,9 +236,15 @@ def parse(model: str | Mapping[str, Any]) -> Source | None:
     kind, sep, ref = str(model).partition(":")
     if not sep:
         return None
+    if kind in FILES and ref:
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise UserError(f"model={model}: no file {path} (a .{kind} file of your network)")
+        return Source(kind, str(path.resolve()))
     if kind not in KINDS or not ref:
         raise UserError(f"unknown model source {model!r}; valid: a zoo name (ifv list), "
-                        f"{', '.join(f'{k}:NAME' for k in KINDS)}, or model._target_")
+                        f"{', '.join(f'{k}:NAME' for k in KINDS)}, "
+                        f"{', '.join(f'{k}:PATH' for k in FILES)}, or model._target_")
     return Source(kind, ref)
 
 
@@ -269,6 +297,15 @@ def defaults(source: Source) -> tuple[Any, Stats | None, tuple[int, int, int] | 
     if source.kind == "timm":
         stats, shape = _timm(source.ref)
         return None, stats, shape
+    if source.kind == "tflite":
+        from ifv.zoo.exchange import tflite
+
+        f = tflite.read(source.ref)
+        return None, f.input_stats(), f.input_size()
+    if source.kind == "onnx":
+        from ifv.zoo.exchange import onnx
+
+        return None, None, onnx.input_size(onnx.read(source.ref))
     return None, None, None
 
 
