@@ -99,6 +99,23 @@ def test_a_damaged_entry_is_moved_aside_and_recomputed(
     pd.testing.assert_frame_equal(_frame(tmp_path / "b"), uninterrupted)
 
 
+def test_an_entry_in_another_entrys_place_is_moved_aside_and_recomputed(
+        tmp_path: Path, uninterrupted: pd.DataFrame, capsys: pytest.CaptureFixture) -> None:
+    """A well-formed realizations entry copied over the reopt entry is not read as one."""
+    stages = tmp_path / "stages"
+    args = ["run", *TINY, f"stage_cache={stages}"]
+    assert main([*args, f"hydra.run.dir={tmp_path / 'a'}"]) == 0
+    path = _entry(stages, "reopt")
+    path.write_bytes(_entry(stages, "realizations").read_bytes())
+    capsys.readouterr()
+    assert main([*args, f"hydra.run.dir={tmp_path / 'b'}"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": damaged cache entry" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"reopt: damaged cache entry {path} (the "
+                                                   "entry of realizations/")
+    assert len(list((stages / "damaged" / "reopt").iterdir())) == 1
+    pd.testing.assert_frame_equal(_frame(tmp_path / "b"), uninterrupted)
+
+
 def test_two_processes_on_one_cache_compute_a_stage_once(tmp_path: Path) -> None:
     stages = tmp_path / "stages"
     slow = [a for a in TINY if not a.startswith("fv.adam_steps")] + ["fv.adam_steps=150"]

@@ -332,14 +332,19 @@ class Setting:
 
     def model_key(self) -> dict[str, Any]:
         """The identity of the network and its weights, for cache keys: the zoo entry or
-        your network's source (``ModelSpec.key``) and a weights file by the SHA-256 of its
-        content (``ifv.zoo.sources.content``), so two files never share a stage."""
+        your network's source (``ModelSpec.key``) and the weights by the SHA-256 of their
+        file's content (``ifv.zoo.sources.content``): the file given, else the default one
+        (a zoo model's checkpoint, a pretrained source's hub file), so that two files never
+        share a stage and a retrained checkpoint is never read stale. Call it once the
+        network is loaded (``bind``): an offline stand-in's checkpoint exists from then."""
         assert self.spec is not None
         weights = self.weights
         if weights and weights != "random":
             weights = f"sha256:{content(weights)}"
-        elif weights is None and self.spec.source is not None:
-            weights = self.spec.weights_source or f"{self.spec.source.kind}-pretrained"
+        elif weights is None and (self.spec.source is None or self.spec.weights_source):
+            weights = f"sha256:{content(self.spec.weights_file(self.cache_dir))}"
+        elif weights is None:
+            weights = f"{self.spec.source.kind}-pretrained"
         return {"model": self.spec.name, "key": self.spec.key(), "weights": weights}
 
 
