@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,26 @@ def test_a_nan_producing_target_is_flagged_and_the_run_goes_on(
     assert "left out of the medians" in printed
     med = float(printed.split("predicted ")[1].split()[0])
     assert med == pytest.approx(round(float(np.median(df[df.finite].angle_pred)), 1))
+
+
+def test_a_retrained_zoo_model_is_not_read_stale(tmp_path: Path, fake_cifar: Callable,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """A zoo model retrained on other data keeps its checkpoint's name, not its stages: the
+    rerun on the old cache equals a run on a fresh one."""
+    fake_cifar(tmp_path / "A", n=8, seed=0)
+    fake_cifar(tmp_path / "B", n=8, seed=1)
+    models = f"model.cache_dir={tmp_path / 'models'}"
+    recipe = [f"model.train.{k}={v}" for k, v in
+              {"n_train": 16, "n_test": 8, "epochs": 1, "batch_size": 8}.items()]
+    train = ["train", "model=resnet20_cifar", models, "progress=false", *recipe]
+    run = ["run", "model=resnet20_cifar", "layer=layer3", models, *recipe,
+           *(a for a in TINY if a != "model.weights=random")]
+    assert main([*train, f"model.data.root={tmp_path / 'A'}"]) == 0
+    assert main([*run, f"stage_cache={tmp_path / 's'}", f"hydra.run.dir={tmp_path / 'a'}"]) == 0
+    assert main([*train, f"model.data.root={tmp_path / 'B'}"]) == 0
+    capsys.readouterr()
+    assert main([*run, f"stage_cache={tmp_path / 's'}", f"hydra.run.dir={tmp_path / 'b'}"]) == 0
+    assert ": cached" not in capsys.readouterr().out
+    assert main([*run, f"stage_cache={tmp_path / 's2'}", f"hydra.run.dir={tmp_path / 'c'}"]) == 0
+    pd.testing.assert_frame_equal(_frame(tmp_path / "b"), _frame(tmp_path / "c"))
+    assert not _frame(tmp_path / "a").angle_pred.equals(_frame(tmp_path / "b").angle_pred)
