@@ -173,3 +173,44 @@ def test_a_retrained_zoo_model_is_not_read_stale(tmp_path: Path, fake_cifar: Cal
     assert main([*run, f"stage_cache={tmp_path / 's2'}", f"hydra.run.dir={tmp_path / 'c'}"]) == 0
     pd.testing.assert_frame_equal(_frame(tmp_path / "b"), _frame(tmp_path / "c"))
     assert not _frame(tmp_path / "a").angle_pred.equals(_frame(tmp_path / "b").angle_pred)
+
+
+@pytest.mark.parametrize("link", [".hydra/config.yaml", ".hydra/overrides.yaml", "cli.log",
+                                  ".hydra", "0/.hydra/hydra.yaml", "multirun.yaml"])
+def test_a_link_in_a_run_folder_is_never_written_through(link: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Every file Hydra writes into a run's (or a sweep's) folder is checked as the run's
+    outputs are: a link among them is refused in one line and its target left as it was."""
+    target = tmp_path / "target"
+    target.write_text("keep")
+    folder = tmp_path / "out"
+    (folder / link).parent.mkdir(parents=True)
+    (folder / link).symlink_to(target)
+    sweep = link.startswith("0/") or link == "multirun.yaml"
+    where = [f"hydra.sweep.dir={folder}", "-m", "seed=0,1"] if sweep else \
+        [f"hydra.run.dir={folder}"]
+    code = main(["run", *TINY, *where, f"stage_cache={tmp_path / 'stages'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "is a symbolic link" in err, err
+    assert target.read_text() == "keep" and not (tmp_path / "stages").exists()
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == sorted(
+        {link, *(str(p) for p in Path(link).parents if str(p) != ".")})
+
+
+def test_a_run_that_fails_before_its_work_leaves_no_folder(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A job refused inside Hydra (after its folder was made) removes the folder it made;
+    one the user had made before is left."""
+    from ifv.errors import UserError
+    from ifv.run import pipeline
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise UserError("refused late")
+
+    monkeypatch.setattr(pipeline, "run", refuse)
+    for folder, kept in ((tmp_path / "new", False), (tmp_path, True)):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", *TINY, f"hydra.run.dir={folder}"])
+        assert exit_.value.code == 2 and folder.exists() == kept
+        assert capsys.readouterr().err.strip() == "ifv: error: refused late"

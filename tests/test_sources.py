@@ -224,7 +224,81 @@ def test_every_mistake_is_one_line(case: str, files: dict[str, Path], tmp_path: 
     err = capsys.readouterr().err.strip()
     assert err.startswith("ifv: error:") and "\n" not in err and "Traceback" not in err
     assert expect in err, err
-    assert not (out / "results.parquet").exists()
+    assert not out.exists()  # refused before Hydra made the run's folder
+
+
+class _Payload:
+    """Unpickled, it writes a marker file: the code a malicious weights file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _bad_weights(root: Path) -> dict[str, tuple[list[str], str]]:
+    """Weights files whose content is wrong, by case: the arguments and the message."""
+    import pickle
+
+    good = calibrated(TinyNet(), (3, 16, 16)).state_dict()
+    (root / "empty.pt").write_bytes(b"")
+    (root / "text.pt").write_text("not weights\n")
+    torch.save({"model": {"state_dict": good}}, root / "nested.pt")
+    torch.save(TinyNet(), root / "module.pt")
+    with open(root / "evil.pt", "wb") as f:
+        pickle.dump(_Payload(root / "MARKER"), f)
+    objects = "it holds Python objects other than tensors, which ifv does not unpickle"
+    return {"empty": ([f"model.weights={root / 'empty.pt'}"], "EOFError"),
+            "text": ([f"model.weights={root / 'text.pt'}"], "not a readable torch.save file"),
+            "nested": ([f"model.weights={root / 'nested.pt'}"],
+                       "holds no state dict (a dict of tensors) but a dict with keys model"),
+            "module": ([f"model.weights={root / 'module.pt'}"], objects),
+            "evil": ([f"model.weights={root / 'evil.pt'}"], objects),
+            "no_weights": ([], "is built by model._target_: pass model.weights=PATH")}
+
+
+@pytest.mark.parametrize("case", ["empty", "text", "nested", "module", "evil", "no_weights"])
+def test_bad_weights_are_one_line_before_any_folder(case: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """Weights whose content is wrong are refused in one line, exit 2, before Hydra makes
+    the run's folder and before any stage: nothing is left behind, no pickle runs."""
+    args, expect = _bad_weights(tmp_path)[case]
+    before = sorted(tmp_path.iterdir())
+    code = main(["run", "model._target_=nets.TinyNet", "model.input_size=[3,16,16]", *args,
+                 "layer=features.2", *RUN, f"hydra.run.dir={tmp_path / 'run'}",
+                 f"stage_cache={tmp_path / 'stages'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("ifv: error:") and "\n" not in err, err
+    assert expect in err, err
+    assert sorted(tmp_path.iterdir()) == before  # no run folder, no stage cache, no marker
+
+
+def test_a_missing_hub_file_is_one_line_before_any_folder(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    code = main(["run", "model=googlenet", "layer=inception4c", *RUN,
+                 f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "pass model.download=true" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_checks_every_job_before_it_starts_any(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    torch.save(calibrated(TinyNet(), (3, 16, 16)).state_dict(), tmp_path / "good.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    code = main(["run", "-m", "model._target_=nets.TinyNet", "model.input_size=[3,16,16]",
+                 f"model.weights={tmp_path / 'good.pt'},{tmp_path / 'empty.pt'}",
+                 "layer=features.2", *RUN, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                 f"stage_cache={tmp_path / 'stages'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and f"cannot read weights {tmp_path / 'empty.pt'}" \
+        in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.pt", "good.pt"]
 
 
 def test_timm_networks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -41,7 +41,7 @@ from ifv.math.robust import Robust
 from ifv.math.transform import Transform
 from ifv.validate import choice, count, number, plain
 from ifv.zoo import check_layer
-from ifv.zoo.provision import check_trainable, network
+from ifv.zoo.provision import check_network, check_trainable, network
 from ifv.zoo.registry import ModelSpec, model_entry
 from ifv.zoo.sources import close, content, probe
 
@@ -314,6 +314,12 @@ class Setting:
         assert self.spec is not None
         return network(self.spec, weights=self.weights, cache_dir=self.cache_dir,
                        download=self.download, device=self.device, progress=progress, log=log)
+
+    def check_network(self) -> None:
+        """Raise the ``UserError`` that loading the network would, before any work
+        (``ifv.zoo.provision.check_network``; a module is there already)."""
+        if self.spec is not None:
+            check_network(self.spec, self.weights, self.cache_dir, self.download)
 
     def bind(self, size: tuple[int, int] | None = None, *, progress: bool = True,
              log: Log = print) -> Bound:
