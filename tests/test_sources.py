@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 from nets import TinyNet, calibrated
+from test_invert import _Payload
 from torch import nn
 
 import ifv
@@ -175,6 +176,11 @@ def test_layers_lists_every_module_path(capsys: pytest.CaptureFixture) -> None:
     assert main(["layers", *R18]) == 0
     out = capsys.readouterr().out
     assert "layer3.1.conv2" in out and "[256, 2, 2]" in out and "fc" in out
+    assert main(["layers", "model._target_=nets.TokenNet", "model.input_size=[3,8,8]"]) == 0
+    rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["conv"].endswith("[4, 8, 8]            maxpool_mean, mean, center")
+    assert rows["tokens"].endswith("none: not tappable (needs (C,) or (C, H, W))")
+    assert rows["head"].endswith("maxpool_mean, mean, center, identity")
 
 
 def _errors(files: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
@@ -204,13 +210,24 @@ def _errors(files: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
                        "cannot take inputs of model.input_size=[3, 16, 16]"),
         "normalize": ([*tiny, "model.weights=random", "model.normalize=foo"],
                       "valid: imagenet, cifar10, none"),
+        "normalize_inf": ([*tiny, "model.weights=random",
+                           "model.normalize={mean:[0,0,0],std:[1,inf,1]}"],
+                          "mean and std need one finite value per channel, std > 0"),
+        "normalize_nan": ([*tiny, "model.weights=random",
+                           "model.normalize={mean:[0,nan,0],std:[1,1,1]}"],
+                          "mean and std need one finite value per channel, std > 0"),
+        "tokens": (["model._target_=nets.TokenNet", "model.input_size=[3,8,8]",
+                    "model.weights=random", "layer=tokens"],
+                   "layer=tokens gives [4, 64] per sample; aggregation=maxpool_mean needs (C,) "
+                   "or (C, H, W) (ifv layers model=nets.TokenNet shows what fits each layer)"),
     }
 
 
 @pytest.mark.parametrize("case", ["torchvision_name", "import", "name_in_module",
                                   "not_a_module", "args", "no_input_size", "no_weights",
                                   "missing", "not_a_state_dict", "no_key", "does_not_fit",
-                                  "shape", "layer", "input_size", "normalize"])
+                                  "shape", "layer", "input_size", "normalize", "normalize_inf",
+                                  "normalize_nan", "tokens"])
 def test_every_mistake_is_one_line(case: str, files: dict[str, Path], tmp_path: Path,
                                    capsys: pytest.CaptureFixture) -> None:
     args, expect = _errors(files)[case]
@@ -225,18 +242,6 @@ def test_every_mistake_is_one_line(case: str, files: dict[str, Path], tmp_path: 
     assert err.startswith("ifv: error:") and "\n" not in err and "Traceback" not in err
     assert expect in err, err
     assert not out.exists()  # refused before Hydra made the run's folder
-
-
-class _Payload:
-    """Unpickled, it writes a marker file: the code a malicious weights file would run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        import os
-
-        return os.system, (f"touch {self.marker}",)
 
 
 def _bad_weights(root: Path) -> dict[str, tuple[list[str], str]]:

@@ -299,6 +299,7 @@ def cmd_list(args: list[str]) -> int:
 def cmd_layers(args: list[str]) -> int:
     """`ifv layers model=... [model.input_size=...]`: every tappable module of a network
     with its output shape at the input size."""
+    from ifv.math.objective import aggregations_for
     from ifv.run.setting import model_options
     from ifv.zoo.registry import model_entry
     from ifv.zoo.sources import layers, probe
@@ -312,10 +313,13 @@ def cmd_layers(args: list[str]) -> int:
     shape = (spec.in_channels, *spec.input_size)
     found = (layers(spec.source, shape) if spec.source is not None
              else probe(spec.build().eval(), shape, spec.name))
-    print(f"{spec.name}: the output of each module for an input of {list(shape)} (tap it "
-          "with layer=NAME; a module called twice gives its first output)")
+    print(f"{spec.name}: the output of each module for an input of {list(shape)} and the "
+          "aggregations that fit it (tap it with layer=NAME aggregation=AGG; a module called "
+          "twice gives its first output)")
     for name, out in found.items():
-        print(f"  {name:40s} {list(out)}")
+        fits = aggregations_for(out)
+        print(f"  {name:40s} {str(list(out)):20s} "
+              + (", ".join(fits) if fits else "none: not tappable (needs (C,) or (C, H, W))"))
     return 0
 
 

@@ -34,7 +34,13 @@ from ifv.math import transform as transforms_
 from ifv.math.fv import FVSettings, lbfgs_draws, settings_key
 from ifv.math.jacobian import METHODS
 from ifv.math.kink import Kinks
-from ifv.math.objective import AGGREGATIONS, Response, ResponseFn, responses_under
+from ifv.math.objective import (
+    AGGREGATIONS,
+    Response,
+    ResponseFn,
+    aggregations_for,
+    responses_under,
+)
 from ifv.math.param import IMAGE_PARAMS, PARAMS, Parametrization, make_param
 from ifv.math.prior import Prior
 from ifv.math.robust import Robust
@@ -43,7 +49,7 @@ from ifv.validate import choice, count, number, plain
 from ifv.zoo import check_layer
 from ifv.zoo.provision import check_network, check_trainable, network
 from ifv.zoo.registry import ModelSpec, model_entry
-from ifv.zoo.sources import close, content, probe
+from ifv.zoo.sources import close, content, layers, probe
 
 Model = str | Mapping[str, Any] | nn.Module  # a zoo name, a source, a _target_, a module
 Features = int | str | Sequence[int]
@@ -242,6 +248,7 @@ class Setting:
         channels = spec.layers.get(layer, 0)
         check_layer(spec, layer, channels if selection == "all" else selection,
                     layer_key=names["layer"], features_key=names["features"])
+        _check_aggregation(spec, layer, aggregation, names["layer"])
         if size is not None and size != spec.input_size:
             raise UserError(f"{spec.name} takes {spec.input_size[0]}x{spec.input_size[1]} "
                             f"inputs, got size={size}")
@@ -363,6 +370,20 @@ def model_options(m: Any) -> dict[str, Any]:
             "download": m.download, "train": plain(m.train),
             "input_size": plain(m.input_size), "normalize": plain(m.normalize),
             "weights_key": m.weights_key}
+
+
+def _check_aggregation(spec: ModelSpec, layer: str, aggregation: str, key: str) -> None:
+    """A user's network's tap must give what the aggregation reads: (C,) or (C, H, W) per
+    sample (``aggregations_for``); its shape is known from the probe of its layers."""
+    if spec.source is None:
+        return
+    shape = layers(spec.source, (spec.in_channels, *spec.input_size))[layer]
+    fits = aggregations_for(shape)
+    if aggregation not in fits:
+        raise UserError(f"{key}={layer} gives {list(shape)} per sample; aggregation="
+                        f"{aggregation} needs " + ("(C,) or (C, H, W)" if not fits else
+                                                   f"one of: {', '.join(fits)}")
+                        + f" (ifv layers model={spec.name} shows what fits each layer)")
 
 
 def _check_channels(p: Parametrization, spec: ModelSpec, key: Mapping[str, str]) -> None:
