@@ -35,6 +35,8 @@ commands:
                              tier: densenet_cifar[_ex4] on CIFAR-10 at model.data.root);
                              device=auto|cpu|cuda|cuda:N
   list                       experiments, models (tier, weights present) and their layers
+  layers model=NAME          where a network can be tapped: each module's output shape and
+                             the aggregations that fit it; `ifv layers --help`
   invert IMAGE... [KEY=VALUE ...]
                              Grad-IFV on your images (.pt, .npy, .png in [0, 1]): the
                              predicted objective's top features; the same overrides as
@@ -218,12 +220,28 @@ def cmd_run(args: list[str]) -> int:
     return 0
 
 
+TRAIN_HELP = """\
+usage: ifv train model=NAME [model.train.KEY=VALUE ...] [model.data.root=DATA] [device=...]
+
+Trains a zoo model (ifv list) into the model cache (model.cache_dir, default
+$IFV_CACHE/models); a stopped training resumes after its last finished epoch.
+  model.train.KEY=V     the recipe: epochs, n_train, n_test, batch_size, lr, seed, ...
+  model.data.root=DATA  CIFAR-10 for the real and paper tiers: a folder or zip in the
+                        ImageFolder layout, or the python version (model.data.download=true
+                        fetches it there)
+  device=auto|cpu|cuda|cuda:N, progress=false (no bar; the time estimate is still printed)
+"""
+
+
 def cmd_train(args: list[str]) -> int:
     """`ifv train model=NAME [model.train.KEY=VALUE ...] [device=...]`."""
     from ifv.device import resolve
     from ifv.zoo import get_spec
     from ifv.zoo.train import train
 
+    if any(a in ("-h", "--help") for a in args):
+        print(TRAIN_HELP, end="")
+        return 0
     if not any(a.startswith("model=") for a in args):
         raise UserError(f"which model? use ifv train model=NAME; valid: "
                         f"{', '.join(choices('model'))}")
@@ -296,6 +314,16 @@ def cmd_list(args: list[str]) -> int:
     return 0
 
 
+LAYERS_HELP = """\
+usage: ifv layers model=NAME [model.input_size=[C,H,W]] [model.args.KEY=V ...]
+
+Every module of a network with its output shape for one input, and the aggregations that
+fit it (tap it with layer=NAME aggregation=AGG). NAME: a zoo name (ifv list),
+torchvision:NAME, timm:NAME, or your code: model._target_=pkg.module.callable with its
+model.args.* and model.input_size.
+"""
+
+
 def cmd_layers(args: list[str]) -> int:
     """`ifv layers model=... [model.input_size=...]`: every tappable module of a network
     with its output shape at the input size."""
@@ -304,6 +332,9 @@ def cmd_layers(args: list[str]) -> int:
     from ifv.zoo.registry import model_entry
     from ifv.zoo.sources import layers, probe
 
+    if any(a in ("-h", "--help") for a in args):
+        print(LAYERS_HELP, end="")
+        return 0
     if not any(a.startswith(("model=", "model._target_=")) for a in args):
         raise UserError("which model? use ifv layers model=NAME (a zoo name, torchvision:NAME, "
                         "timm:NAME) or model._target_=pkg.module.callable")
