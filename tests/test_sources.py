@@ -315,6 +315,44 @@ def test_timm_networks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert df.model.iloc[0] == "timm:resnet10t" and df.angle_pred.notna().all()
 
 
+def test_timm_weights_offline_fetch_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """model=timm:NAME without model.download: the weights come from the Hugging Face cache
+    or not at all (one line, where they were looked for); the hub is never asked."""
+    timm = pytest.importorskip("timm")
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    calls: list[object] = []
+
+    def asked(*args: object, **_kwargs: object) -> None:
+        calls.append(args)
+        raise AssertionError("the network was asked")
+
+    for module in (huggingface_hub, huggingface_hub.file_download, timm.models._hub):
+        monkeypatch.setattr(module, "hf_hub_download", asked)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", asked)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    args = ["run", "model=timm:resnet10t", "model.input_size=[3,32,32]", "layer=layer2", *RUN]
+    assert main([*args, f"hydra.run.dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err == (
+        f"ifv: error: no pretrained weights for timm:resnet10t in the Hugging Face cache "
+        f"{tmp_path / 'hf'}: looked for timm/resnet10t.c3_in1k (model.safetensors or "
+        "pytorch_model.bin); pass model.download=true to download them, or "
+        "model.weights=PATH")
+    assert not (tmp_path / "a").exists() and not calls
+    repo = tmp_path / "hf" / "models--timm--resnet10t.c3_in1k"
+    (repo / "snapshots" / "c0").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0")
+    torch.manual_seed(3)
+    save_file(timm.create_model("resnet10t").state_dict(),
+              repo / "snapshots" / "c0" / "model.safetensors")
+    df = _run(args[1:], tmp_path / "b")
+    assert df.angle_pred.notna().all() and not calls
+
+
 @pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/joblib' is validated against:UserWarning")
 def test_a_sweep_with_the_critical_space_on_your_network(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
