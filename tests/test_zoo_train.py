@@ -47,6 +47,21 @@ def test_training_twice_gives_the_same_metrics(tmp_path: Path) -> None:
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _stop_after_an_epoch(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Make training stop (KeyboardInterrupt) once it has saved an epoch; returns the saver
+    it replaced."""
+    import ifv.zoo.train as train_module
+
+    saved = train_module.save_progress
+
+    def stop(*args: object, **kwargs: object) -> None:
+        saved(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_progress", stop)
+    return saved
+
+
 def test_a_stopped_training_resumes_after_its_last_epoch(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:
@@ -57,13 +72,7 @@ def test_a_stopped_training_resumes_after_its_last_epoch(tmp_path: Path,
     spec = get_spec("densenet_patterns").with_recipe(n_train=32, n_test=16, epochs=3,
                                                      batch_size=16, seed=3)
     whole = train(spec, tmp_path / "a", progress=False, device="cpu")
-    saved = train_module.save_progress
-
-    def stop_after_first(*args: object, **kwargs: object) -> None:
-        saved(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_progress", stop_after_first)
+    saved = _stop_after_an_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(spec, tmp_path / "b", progress=False, device="cpu")
     partial = spec.checkpoint(tmp_path / "b").with_suffix(".partial.pt")
@@ -90,13 +99,7 @@ def test_a_resume_on_other_data_is_refused(tmp_path: Path, monkeypatch: pytest.M
     fake_cifar(tmp_path / "B", n=8, seed=1)
     spec = get_spec("resnet20_cifar").with_recipe(n_train=16, n_test=8, epochs=2,
                                                   batch_size=8)
-    saved = train_module.save_progress
-
-    def stop_after_first(*args: object, **kwargs: object) -> None:
-        saved(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_progress", stop_after_first)
+    _stop_after_an_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(spec, tmp_path, progress=False, device="cpu", data_root=tmp_path / "A")
     partial = spec.checkpoint(tmp_path).with_suffix(".partial.pt")
