@@ -52,7 +52,8 @@ def _longest_batch(stages: Path) -> float:
     longest = 0.0
     for stage, batches in (("realizations", 3), ("jacobian", 3), ("reopt", 4)):
         for entry in (stages / stage).glob("*.pt"):
-            seconds = float(torch.as_tensor(unpack(entry.read_bytes())["seconds"]))
+            held = unpack(entry.read_bytes(), f"{stage}/{entry.name}")
+            seconds = float(torch.as_tensor(held["seconds"]))
             longest = max(longest, seconds / batches)
     return longest
 

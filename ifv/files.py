@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
 import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -86,10 +88,23 @@ def check_file(path: str | Path, what: str) -> None:
 
 def check_outputs(folder: str | Path, names: Iterable[str], what: str) -> None:
     """``check_writable(folder)`` and ``refuse_special`` for each output file ``names``
-    within it: a face's outputs, checked before any work."""
+    within it (a name may lie in a subfolder, e.g. ``.hydra/config.yaml``, which must then
+    be a folder, not a link to one): a face's outputs, checked before any work."""
     check_writable(folder, what)
+    root = Path(folder).expanduser()
     for name in names:
-        refuse_special(Path(folder).expanduser() / name, f"{what} file")
+        for sub in list(Path(name).parents)[-2::-1]:  # its subfolders, outermost first
+            _refuse_no_folder(root / sub, f"{what} folder")
+        refuse_special(root / name, f"{what} file")
+
+
+def _refuse_no_folder(path: Path, what: str) -> None:
+    """Raise ``UserError`` where ``path`` exists and is no folder, or a link to one."""
+    kind = ("a symbolic link" if path.is_symlink() else
+            "a file" if path.exists() and not path.is_dir() else None)
+    if kind:
+        raise UserError(f"{what} {path} is {kind}, not a folder; ifv writes only into "
+                        "folders it can see: choose another path")
 
 
 def check_writable(path: str | Path, what: str) -> None:
@@ -124,9 +139,11 @@ def load_tensors(path: str | Path) -> Any:
     tensors, numbers and plain containers. Anything else (a pickled object, a damaged
     file) raises ``Refused`` with a reason that never suggests turning ``weights_only`` off."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on what it refuses: the reason says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc):  # torch's refusal of a class or function the file names
+        if "GLOBAL" in str(exc) or names_objects(path):  # a class or function it names
             raise Refused("it holds Python objects other than tensors, which ifv does not "
                           "unpickle") from None
         raise Refused("not a readable torch.save file (damaged, or another format)") from None
@@ -135,6 +152,20 @@ def load_tensors(path: str | Path) -> Any:
         why = "" if not first or "weights_only" in first else f": {first[:120]}"
         raise Refused(f"not a readable torch.save file ({exc.__class__.__name__}{why})"
                       ) from None
+
+
+_OBJECT_OPS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE"}
+
+
+def names_objects(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a pickle (a plain one, not torch.save's zip) that
+    builds Python objects (a class, a function call), read opcode by opcode without running
+    any."""
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in _OBJECT_OPS for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - not a pickle (or a damaged one): it names nothing
+        return False
 
 
 def default_cache_dir() -> Path:

@@ -21,6 +21,20 @@ class TinyNet(nn.Module):
         return self.head(self.features(x).mean((-2, -1)))
 
 
+class TokenNet(nn.Module):
+    """A convolution whose output becomes a sequence of tokens (B, T, C): a tap of neither
+    (B, C) nor (B, C, H, W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.tokens = nn.Flatten(2)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.tokens(self.conv(x)).transpose(1, 2).mean(1))
+
+
 def calibrated(net: nn.Module, shape: tuple[int, ...], seed: int = 0) -> nn.Module:
     """``net`` with its batch norms' statistics taken over 32 random images (as a trained
     network has them; PyTorch's initial ones are 0 and 1), in eval mode."""

@@ -369,6 +369,12 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
      "features.indices: feature indices [0] repeated"),
     (["comparison=dnde_permuted", "compare.out=/dev/null"],
      "cannot write compare.out /dev/null: /dev/null is not a folder"),
+    (["compare.planted=permuted", "model=torchvision:resnet18", "model.input_size=[3,32,32]",
+      "layer=layer3"], "planted copies are made of networks that know how to permute their "
+     "tapped channels (ifv.zoo.surgery.Plantable: the zoo's DenseNet-BC and GoogLeNet models), "
+     "not torchvision:resnet18: every consumer of those channels (residual sums, "
+     "concatenations) must be rewritten with them; compare it with a B of its own "
+     "(compare.b_model, compare.b_weights)"),
 ])
 def test_cli_errors_are_one_line(args: list[str], message: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str],

@@ -151,6 +151,21 @@ def test_cifar_from_an_image_folder_zip(tmp_path: Path) -> None:
     assert int(x[3, 0, 5, 5]) == 20 * (CLASSES.index("cat") + 1)
 
 
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_a_data_root_file_that_is_no_zip_is_one_line(kind: str, tmp_path: Path) -> None:
+    root = tmp_path / "x.zip"
+    if kind == "text":
+        root.write_text("not a zip")
+    else:
+        _tree(tmp_path / "tree", list(CLASSES), size=32, per_class=1)
+        whole = _zip(tmp_path / "tree", tmp_path / "whole.zip").read_bytes()
+        root.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError) as err:
+        load_cifar10(root, train=True)
+    assert str(err.value).startswith(f"model.data.root {root} is a file but no zip (truncated, "
+                                     "or another format); give a folder or zip")
+
+
 def test_image_folder_errors_are_one_line(tmp_path: Path) -> None:
     _tree(tmp_path / "t", ["a", "b"])
     cases: list[tuple[Callable[[], object], str]] = [

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,23 @@ def test_a_damaged_entry_is_moved_aside_and_recomputed(
     pd.testing.assert_frame_equal(_frame(tmp_path / "b"), uninterrupted)
 
 
+def test_an_entry_in_another_entrys_place_is_moved_aside_and_recomputed(
+        tmp_path: Path, uninterrupted: pd.DataFrame, capsys: pytest.CaptureFixture) -> None:
+    """A well-formed realizations entry copied over the reopt entry is not read as one."""
+    stages = tmp_path / "stages"
+    args = ["run", *TINY, f"stage_cache={stages}"]
+    assert main([*args, f"hydra.run.dir={tmp_path / 'a'}"]) == 0
+    path = _entry(stages, "reopt")
+    path.write_bytes(_entry(stages, "realizations").read_bytes())
+    capsys.readouterr()
+    assert main([*args, f"hydra.run.dir={tmp_path / 'b'}"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ": damaged cache entry" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"reopt: damaged cache entry {path} (the "
+                                                   "entry of realizations/")
+    assert len(list((stages / "damaged" / "reopt").iterdir())) == 1
+    pd.testing.assert_frame_equal(_frame(tmp_path / "b"), uninterrupted)
+
+
 def test_two_processes_on_one_cache_compute_a_stage_once(tmp_path: Path) -> None:
     stages = tmp_path / "stages"
     slow = [a for a in TINY if not a.startswith("fv.adam_steps")] + ["fv.adam_steps=150"]
@@ -132,3 +150,67 @@ def test_a_nan_producing_target_is_flagged_and_the_run_goes_on(
     assert "left out of the medians" in printed
     med = float(printed.split("predicted ")[1].split()[0])
     assert med == pytest.approx(round(float(np.median(df[df.finite].angle_pred)), 1))
+
+
+def test_a_retrained_zoo_model_is_not_read_stale(tmp_path: Path, fake_cifar: Callable,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """A zoo model retrained on other data keeps its checkpoint's name, not its stages: the
+    rerun on the old cache equals a run on a fresh one."""
+    fake_cifar(tmp_path / "A", n=8, seed=0)
+    fake_cifar(tmp_path / "B", n=8, seed=1)
+    models = f"model.cache_dir={tmp_path / 'models'}"
+    recipe = [f"model.train.{k}={v}" for k, v in
+              {"n_train": 16, "n_test": 8, "epochs": 1, "batch_size": 8}.items()]
+    train = ["train", "model=resnet20_cifar", models, "progress=false", *recipe]
+    run = ["run", "model=resnet20_cifar", "layer=layer3", models, *recipe,
+           *(a for a in TINY if a != "model.weights=random")]
+    assert main([*train, f"model.data.root={tmp_path / 'A'}"]) == 0
+    assert main([*run, f"stage_cache={tmp_path / 's'}", f"hydra.run.dir={tmp_path / 'a'}"]) == 0
+    assert main([*train, f"model.data.root={tmp_path / 'B'}"]) == 0
+    capsys.readouterr()
+    assert main([*run, f"stage_cache={tmp_path / 's'}", f"hydra.run.dir={tmp_path / 'b'}"]) == 0
+    assert ": cached" not in capsys.readouterr().out
+    assert main([*run, f"stage_cache={tmp_path / 's2'}", f"hydra.run.dir={tmp_path / 'c'}"]) == 0
+    pd.testing.assert_frame_equal(_frame(tmp_path / "b"), _frame(tmp_path / "c"))
+    assert not _frame(tmp_path / "a").angle_pred.equals(_frame(tmp_path / "b").angle_pred)
+
+
+@pytest.mark.parametrize("link", [".hydra/config.yaml", ".hydra/overrides.yaml", "cli.log",
+                                  ".hydra", "0/.hydra/hydra.yaml", "multirun.yaml"])
+def test_a_link_in_a_run_folder_is_never_written_through(link: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Every file Hydra writes into a run's (or a sweep's) folder is checked as the run's
+    outputs are: a link among them is refused in one line and its target left as it was."""
+    target = tmp_path / "target"
+    target.write_text("keep")
+    folder = tmp_path / "out"
+    (folder / link).parent.mkdir(parents=True)
+    (folder / link).symlink_to(target)
+    sweep = link.startswith("0/") or link == "multirun.yaml"
+    where = [f"hydra.sweep.dir={folder}", "-m", "seed=0,1"] if sweep else \
+        [f"hydra.run.dir={folder}"]
+    code = main(["run", *TINY, *where, f"stage_cache={tmp_path / 'stages'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "is a symbolic link" in err, err
+    assert target.read_text() == "keep" and not (tmp_path / "stages").exists()
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == sorted(
+        {link, *(str(p) for p in Path(link).parents if str(p) != ".")})
+
+
+def test_a_run_that_fails_before_its_work_leaves_no_folder(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A job refused inside Hydra (after its folder was made) removes the folder it made;
+    one the user had made before is left."""
+    from ifv.errors import UserError
+    from ifv.run import pipeline
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise UserError("refused late")
+
+    monkeypatch.setattr(pipeline, "run", refuse)
+    for folder, kept in ((tmp_path / "new", False), (tmp_path, True)):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", *TINY, f"hydra.run.dir={folder}"])
+        assert exit_.value.code == 2 and folder.exists() == kept
+        assert capsys.readouterr().err.strip() == "ifv: error: refused late"

@@ -249,6 +249,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     np.save(tmp / "range.npy", np.full((32, 32, 3), 200.0))
     (tmp / "junk.png").write_bytes(b"not a png")
     np.save(tmp / "ok.npy", np.full((32, 32, 3), 0.5))
+    np.save(tmp / "complex.npy", np.full((32, 32, 3), 0.5 + 0.1j))
     crit = _critical_parquet(tmp / "critical.parquet", 5, trivial=0)
     ok = str(tmp / "ok.npy")
     (tmp / "folder").mkdir()
@@ -298,13 +299,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                          "Python objects other than tensors, which ifv does not unpickle"),
         "pickle_weights": ([ok, "features.n=4", f"model.weights={tmp / 'evil_weights.pt'}"],
                            "evil_weights.pt: it holds Python objects other than tensors"),
+        "complex": ([str(tmp / "complex.npy")], "complex.npy: holds complex values "
+                    "(torch.complex128); images and parameters are real numbers"),
+        "n_and_indices": ([ok, "features.indices=[0,1]", "features.n=3"],
+                          "give features.n or features.indices, not both: features.indices="
+                          "[0, 1] selects 2 features, features.n=3 would go unused"),
     }
 
 
 CASES = ["shape", "range", "unreadable", "missing", "format", "key", "value", "negative_k",
          "infinite_k", "top", "input", "features", "n_f", "dim", "weights", "none", "out",
          "critical_dim", "out_folder", "out_link", "out_device", "out_stdout", "repeated",
-         "channels", "no_critical", "pickle_image", "pickle_weights"]
+         "channels", "no_critical", "pickle_image", "pickle_weights", "complex",
+         "n_and_indices"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -317,7 +324,8 @@ def test_cli_user_errors_are_one_line(case: str, tmp_path: Path, capsys: pytest.
     args, expect = _bad_inputs(tmp_path)[case]
     if case != "pickle_weights":
         monkeypatch.setattr(Setting, "network", _no_network)
-    extra = [] if case in ("weights", "pickle_weights") else RANDOM
+    indices = case in ("repeated", "n_and_indices")  # features.n beside them: a mistake
+    extra = [] if case in ("weights", "pickle_weights") else RANDOM[:1] if indices else RANDOM
     assert main(["invert", *args, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ifv: error:") and "\n" not in err and "Traceback" not in err

@@ -167,7 +167,11 @@ def test_list_and_help(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     assert "densenet_patterns" in out and "dense3 (69)" in out and "dnde_simple" in out
     assert main(["--help"]) == 0
-    assert "ifv run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ifv run" in out and "\n  layers model=NAME " in out
+    for cmd in ("layers", "train", "invert", "compare"):
+        assert main([cmd, "--help"]) == 0
+        assert capsys.readouterr().out.startswith(f"usage: ifv {cmd} ")
     assert main(["frobnicate"]) == 2
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"ifv {version('ifv')}\n"

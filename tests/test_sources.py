@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 from nets import TinyNet, calibrated
+from test_invert import _Payload
 from torch import nn
 
 import ifv
@@ -175,6 +176,11 @@ def test_layers_lists_every_module_path(capsys: pytest.CaptureFixture) -> None:
     assert main(["layers", *R18]) == 0
     out = capsys.readouterr().out
     assert "layer3.1.conv2" in out and "[256, 2, 2]" in out and "fc" in out
+    assert main(["layers", "model._target_=nets.TokenNet", "model.input_size=[3,8,8]"]) == 0
+    rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["conv"].endswith("[4, 8, 8]            maxpool_mean, mean, center")
+    assert rows["tokens"].endswith("none: not tappable (needs (C,) or (C, H, W))")
+    assert rows["head"].endswith("maxpool_mean, mean, center, identity")
 
 
 def _errors(files: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
@@ -204,13 +210,24 @@ def _errors(files: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
                        "cannot take inputs of model.input_size=[3, 16, 16]"),
         "normalize": ([*tiny, "model.weights=random", "model.normalize=foo"],
                       "valid: imagenet, cifar10, none"),
+        "normalize_inf": ([*tiny, "model.weights=random",
+                           "model.normalize={mean:[0,0,0],std:[1,inf,1]}"],
+                          "mean and std need one finite value per channel, std > 0"),
+        "normalize_nan": ([*tiny, "model.weights=random",
+                           "model.normalize={mean:[0,nan,0],std:[1,1,1]}"],
+                          "mean and std need one finite value per channel, std > 0"),
+        "tokens": (["model._target_=nets.TokenNet", "model.input_size=[3,8,8]",
+                    "model.weights=random", "layer=tokens"],
+                   "layer=tokens gives [4, 64] per sample; aggregation=maxpool_mean needs (C,) "
+                   "or (C, H, W) (ifv layers model=nets.TokenNet shows what fits each layer)"),
     }
 
 
 @pytest.mark.parametrize("case", ["torchvision_name", "import", "name_in_module",
                                   "not_a_module", "args", "no_input_size", "no_weights",
                                   "missing", "not_a_state_dict", "no_key", "does_not_fit",
-                                  "shape", "layer", "input_size", "normalize"])
+                                  "shape", "layer", "input_size", "normalize", "normalize_inf",
+                                  "normalize_nan", "tokens"])
 def test_every_mistake_is_one_line(case: str, files: dict[str, Path], tmp_path: Path,
                                    capsys: pytest.CaptureFixture) -> None:
     args, expect = _errors(files)[case]
@@ -224,7 +241,69 @@ def test_every_mistake_is_one_line(case: str, files: dict[str, Path], tmp_path: 
     err = capsys.readouterr().err.strip()
     assert err.startswith("ifv: error:") and "\n" not in err and "Traceback" not in err
     assert expect in err, err
-    assert not (out / "results.parquet").exists()
+    assert not out.exists()  # refused before Hydra made the run's folder
+
+
+def _bad_weights(root: Path) -> dict[str, tuple[list[str], str]]:
+    """Weights files whose content is wrong, by case: the arguments and the message."""
+    import pickle
+
+    good = calibrated(TinyNet(), (3, 16, 16)).state_dict()
+    (root / "empty.pt").write_bytes(b"")
+    (root / "text.pt").write_text("not weights\n")
+    torch.save({"model": {"state_dict": good}}, root / "nested.pt")
+    torch.save(TinyNet(), root / "module.pt")
+    with open(root / "evil.pt", "wb") as f:
+        pickle.dump(_Payload(root / "MARKER"), f)
+    objects = "it holds Python objects other than tensors, which ifv does not unpickle"
+    return {"empty": ([f"model.weights={root / 'empty.pt'}"], "EOFError"),
+            "text": ([f"model.weights={root / 'text.pt'}"], "not a readable torch.save file"),
+            "nested": ([f"model.weights={root / 'nested.pt'}"],
+                       "holds no state dict (a dict of tensors) but a dict with keys model"),
+            "module": ([f"model.weights={root / 'module.pt'}"], objects),
+            "evil": ([f"model.weights={root / 'evil.pt'}"], objects),
+            "no_weights": ([], "is built by model._target_: pass model.weights=PATH")}
+
+
+@pytest.mark.parametrize("case", ["empty", "text", "nested", "module", "evil", "no_weights"])
+def test_bad_weights_are_one_line_before_any_folder(case: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """Weights whose content is wrong are refused in one line, exit 2, before Hydra makes
+    the run's folder and before any stage: nothing is left behind, no pickle runs."""
+    args, expect = _bad_weights(tmp_path)[case]
+    before = sorted(tmp_path.iterdir())
+    code = main(["run", "model._target_=nets.TinyNet", "model.input_size=[3,16,16]", *args,
+                 "layer=features.2", *RUN, f"hydra.run.dir={tmp_path / 'run'}",
+                 f"stage_cache={tmp_path / 'stages'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("ifv: error:") and "\n" not in err, err
+    assert expect in err, err
+    assert sorted(tmp_path.iterdir()) == before  # no run folder, no stage cache, no marker
+
+
+def test_a_missing_hub_file_is_one_line_before_any_folder(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    code = main(["run", "model=googlenet", "layer=inception4c", *RUN,
+                 f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "pass model.download=true" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_checks_every_job_before_it_starts_any(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    torch.save(calibrated(TinyNet(), (3, 16, 16)).state_dict(), tmp_path / "good.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    code = main(["run", "-m", "model._target_=nets.TinyNet", "model.input_size=[3,16,16]",
+                 f"model.weights={tmp_path / 'good.pt'},{tmp_path / 'empty.pt'}",
+                 "layer=features.2", *RUN, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                 f"stage_cache={tmp_path / 'stages'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and f"cannot read weights {tmp_path / 'empty.pt'}" \
+        in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.pt", "good.pt"]
 
 
 def test_timm_networks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -234,6 +313,44 @@ def test_timm_networks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "layer2.0.conv1" in capsys.readouterr().out
     df = _run([*args, "model.weights=random", "layer=layer2"], tmp_path / "run")
     assert df.model.iloc[0] == "timm:resnet10t" and df.angle_pred.notna().all()
+
+
+def test_timm_weights_offline_fetch_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """model=timm:NAME without model.download: the weights come from the Hugging Face cache
+    or not at all (one line, where they were looked for); the hub is never asked."""
+    timm = pytest.importorskip("timm")
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    calls: list[object] = []
+
+    def asked(*args: object, **_kwargs: object) -> None:
+        calls.append(args)
+        raise AssertionError("the network was asked")
+
+    for module in (huggingface_hub, huggingface_hub.file_download, timm.models._hub):
+        monkeypatch.setattr(module, "hf_hub_download", asked)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", asked)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    args = ["run", "model=timm:resnet10t", "model.input_size=[3,32,32]", "layer=layer2", *RUN]
+    assert main([*args, f"hydra.run.dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err == (
+        f"ifv: error: no pretrained weights for timm:resnet10t in the Hugging Face cache "
+        f"{tmp_path / 'hf'}: looked for timm/resnet10t.c3_in1k (model.safetensors or "
+        "pytorch_model.bin); pass model.download=true to download them, or "
+        "model.weights=PATH")
+    assert not (tmp_path / "a").exists() and not calls
+    repo = tmp_path / "hf" / "models--timm--resnet10t.c3_in1k"
+    (repo / "snapshots" / "c0").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0")
+    torch.manual_seed(3)
+    save_file(timm.create_model("resnet10t").state_dict(),
+              repo / "snapshots" / "c0" / "model.safetensors")
+    df = _run(args[1:], tmp_path / "b")
+    assert df.angle_pred.notna().all() and not calls
 
 
 @pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/joblib' is validated against:UserWarning")

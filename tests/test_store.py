@@ -45,16 +45,18 @@ def test_a_checked_entry_refuses_truncation_and_flipped_bits() -> None:
     from ifv.run.store import Damaged, pack, unpack
 
     obj = {"v": torch.arange(1000, dtype=torch.float64), "n": 3}
-    data = pack(obj)
-    got = unpack(data)
+    data = pack(obj, "jacobian/k.pt")
+    got = unpack(data, "jacobian/k.pt")
     assert torch.equal(got["v"], obj["v"]) and got["n"] == 3
+    with pytest.raises(Damaged, match="the entry of jacobian/k.pt, not of reopt/k.pt"):
+        unpack(data, "reopt/k.pt")
     with pytest.raises(Damaged, match="truncated"):
-        unpack(data[:-5])
+        unpack(data[:-5], "jacobian/k.pt")
     for i in (10, len(data) // 2, len(data) - 40):  # header, tensor data, digest
         flipped = bytearray(data)
         flipped[i] ^= 1
         with pytest.raises(Damaged, match="checksum"):
-            unpack(bytes(flipped))
+            unpack(bytes(flipped), "jacobian/k.pt")
 
 
 def test_check_writable_makes_no_folder(tmp_path: Path) -> None:

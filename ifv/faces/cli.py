@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
+import shutil
 import sys
 import warnings
 from collections import Counter
@@ -33,6 +35,8 @@ commands:
                              tier: densenet_cifar[_ex4] on CIFAR-10 at model.data.root);
                              device=auto|cpu|cuda|cuda:N
   list                       experiments, models (tier, weights present) and their layers
+  layers model=NAME          where a network can be tapped: each module's output shape and
+                             the aggregations that fit it; `ifv layers --help`
   invert IMAGE... [KEY=VALUE ...]
                              Grad-IFV on your images (.pt, .npy, .png in [0, 1]): the
                              predicted objective's top features; the same overrides as
@@ -68,6 +72,13 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is valida
 # over these keys would leave it stale, so the two cannot nest.
 _SWEEP_INPUTS = ("experiment", "tier", "profile", "features")
 _HELP = ("-h", "--help", "--cfg", "-c", "--info", "--hydra-help")
+# What Hydra writes into each job's folder, besides the run's outputs (its log is named
+# after the task's module, this one), and into a sweep's folder.
+HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "cli.log")
+SWEEP_FILES = ("multirun.yaml",)
+# Set for the jobs of an `ifv run` whose folder (or sweep folder) is made by this run: a job
+# that fails before its work removes its folder again.
+_FRESH = "IFV_FRESH_OUTPUT"
 
 
 def _parse(args: list[str]) -> list[Any]:
@@ -104,7 +115,7 @@ def _jobs(overrides: list[str]) -> tuple[Any, dict[str, str], int]:
     parsed = _parse(overrides)
     swept = [o for o in parsed if o.is_sweep_override()]
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    first, carried, n_jobs = None, {}, 0
+    first, carried, n_jobs, networks = None, {}, 0, set()
     for combo in itertools.product(*(_values(o) for o in swept)):
         job = [*fixed, *(f"{o.get_key_element()}={v}" for o, v in zip(swept, combo, strict=True))]
         cfg = compose(job, with_hydra=True)
@@ -122,7 +133,11 @@ def _jobs(overrides: list[str]) -> tuple[Any, dict[str, str], int]:
                 for key, value in zip(keys, point, strict=True):
                     OmegaConf.update(one, key, value)
             try:
-                Experiment.from_config(one)
+                s = Experiment.from_config(one).setting
+                network = (s.model_name, s.spec and s.spec.key(), s.weights, s.cache_dir)
+                if network not in networks:  # its weights read once, before any job starts
+                    s.check_network()
+                    networks.add(network)
             except UserError as exc:
                 where = " ".join(f"{k}={v}" for k, v in zip(keys, point, strict=True))
                 named = not where or str(exc).startswith(where)  # the message names the point
@@ -147,11 +162,25 @@ def _run_task(cfg: Any) -> None:
                           figures=cfg.figures)
     except UserError as exc:
         print(f"ifv: error: {exc}", file=sys.stderr)
+        if os.environ.get(_FRESH) and not any((out / n).exists() for n in pipeline.TABLES):
+            shutil.rmtree(out, ignore_errors=True)  # made by this run, before its work
         sys.exit(2)
     print(pipeline.summary(df))
     print(f"results: {out / 'results.parquet'}")
     if cfg.figures:
         print(f"figures: {out}/angle_ssim.png, alpha.png, realizations.png, ssim_kde.png")
+
+
+def _job_dirs(cfg: Any, n_jobs: int) -> list[Path]:
+    """The folders of a sweep's jobs: hydra.sweep.dir / hydra.sweep.subdir of each job's
+    number."""
+    cfg = copy.deepcopy(cfg)
+    dirs = []
+    for num in range(n_jobs):
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+        dirs.append(Path(cfg.hydra.sweep.dir).expanduser() / str(cfg.hydra.sweep.subdir))
+    return dirs
 
 
 def cmd_run(args: list[str]) -> int:
@@ -176,15 +205,32 @@ def cmd_run(args: list[str]) -> int:
         multirun = n_jobs > 1 or bool(carried) or any(a in ("-m", "--multirun") for a in args)
         if multirun:
             args = ["-m", *[a for a in args if a not in ("-m", "--multirun")]]
-        if multirun:  # each job checks its own folder (ifv.run.pipeline.run)
-            check_writable(cfg.hydra.sweep.dir, "hydra.sweep.dir")
+        folder = Path(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir).expanduser()
+        if multirun:
+            check_outputs(folder, SWEEP_FILES, "hydra.sweep.dir")
+            for job in _job_dirs(cfg, n_jobs):
+                check_outputs(job, [*outputs(cfg.figures), *HYDRA_FILES], "a job's folder")
         else:
-            check_outputs(cfg.hydra.run.dir, outputs(cfg.figures), "hydra.run.dir")
+            check_outputs(folder, [*outputs(cfg.figures), *HYDRA_FILES], "hydra.run.dir")
         check_writable(StageCache(cfg.stage_cache).root, "stage_cache")
+        os.environ[_FRESH] = "" if folder.exists() or folder.is_symlink() else "1"
     main = hydra.main(config_path=str(CONF), config_name="config", version_base=None)(_run_task)
     sys.argv = ["ifv run", *expand(args)]
     main()
     return 0
+
+
+TRAIN_HELP = """\
+usage: ifv train model=NAME [model.train.KEY=VALUE ...] [model.data.root=DATA] [device=...]
+
+Trains a zoo model (ifv list) into the model cache (model.cache_dir, default
+$IFV_CACHE/models); a stopped training resumes after its last finished epoch.
+  model.train.KEY=V     the recipe: epochs, n_train, n_test, batch_size, lr, seed, ...
+  model.data.root=DATA  CIFAR-10 for the real and paper tiers: a folder or zip in the
+                        ImageFolder layout, or the python version (model.data.download=true
+                        fetches it there)
+  device=auto|cpu|cuda|cuda:N, progress=false (no bar; the time estimate is still printed)
+"""
 
 
 def cmd_train(args: list[str]) -> int:
@@ -193,6 +239,9 @@ def cmd_train(args: list[str]) -> int:
     from ifv.zoo import get_spec
     from ifv.zoo.train import train
 
+    if any(a in ("-h", "--help") for a in args):
+        print(TRAIN_HELP, end="")
+        return 0
     if not any(a.startswith("model=") for a in args):
         raise UserError(f"which model? use ifv train model=NAME; valid: "
                         f"{', '.join(choices('model'))}")
@@ -265,13 +314,27 @@ def cmd_list(args: list[str]) -> int:
     return 0
 
 
+LAYERS_HELP = """\
+usage: ifv layers model=NAME [model.input_size=[C,H,W]] [model.args.KEY=V ...]
+
+Every module of a network with its output shape for one input, and the aggregations that
+fit it (tap it with layer=NAME aggregation=AGG). NAME: a zoo name (ifv list),
+torchvision:NAME, timm:NAME, or your code: model._target_=pkg.module.callable with its
+model.args.* and model.input_size.
+"""
+
+
 def cmd_layers(args: list[str]) -> int:
     """`ifv layers model=... [model.input_size=...]`: every tappable module of a network
     with its output shape at the input size."""
+    from ifv.math.objective import aggregations_for
     from ifv.run.setting import model_options
     from ifv.zoo.registry import model_entry
     from ifv.zoo.sources import layers, probe
 
+    if any(a in ("-h", "--help") for a in args):
+        print(LAYERS_HELP, end="")
+        return 0
     if not any(a.startswith(("model=", "model._target_=")) for a in args):
         raise UserError("which model? use ifv layers model=NAME (a zoo name, torchvision:NAME, "
                         "timm:NAME) or model._target_=pkg.module.callable")
@@ -281,10 +344,13 @@ def cmd_layers(args: list[str]) -> int:
     shape = (spec.in_channels, *spec.input_size)
     found = (layers(spec.source, shape) if spec.source is not None
              else probe(spec.build().eval(), shape, spec.name))
-    print(f"{spec.name}: the output of each module for an input of {list(shape)} (tap it "
-          "with layer=NAME; a module called twice gives its first output)")
+    print(f"{spec.name}: the output of each module for an input of {list(shape)} and the "
+          "aggregations that fit it (tap it with layer=NAME aggregation=AGG; a module called "
+          "twice gives its first output)")
     for name, out in found.items():
-        print(f"  {name:40s} {list(out)}")
+        fits = aggregations_for(out)
+        print(f"  {name:40s} {str(list(out)):20s} "
+              + (", ".join(fits) if fits else "none: not tappable (needs (C,) or (C, H, W))"))
     return 0
 
 

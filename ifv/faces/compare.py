@@ -133,8 +133,9 @@ def compare(a: Setting, b: Setting | None = None, *, planted: str | None = None,
                         f"{b.size} and P {b.param}")
     if a.spec is not None:  # known without A's network: checked before any work
         _objective_rows(objectives, len(a.features(a.spec.layers[a.layer])))
-        if planted is not None:
-            check_plantable(a.spec.architecture, a.layer, a.spec.name)
+        if planted is not None:  # your network: its class, built once at random
+            arch = a.spec.architecture if a.spec.source is None else a.spec.build()
+            check_plantable(arch, a.layer, a.spec.name)
     pictures = _baseline_images(images, n_images, a)  # files read and checked before work
     with float32_precision(a.tf32):
         return _compare(a, b, planted, scale, objectives, n_random, fv or FVSettings(), pictures,

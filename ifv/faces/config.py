@@ -281,6 +281,16 @@ def _unknown_option(overrides: list[str]) -> str | None:
     return None
 
 
+def _one_selection(cfg: Any, overrides: list[str]) -> None:
+    """Refuse features.n beside features.indices on the command line: the indices select
+    the features, and the number would go unused without a word."""
+    keys = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    if {"features.n", "features.indices"} <= keys and cfg.features.indices is not None:
+        raise UserError(f"give features.n or features.indices, not both: features.indices="
+                        f"{list(cfg.features.indices)} selects {len(cfg.features.indices)} "
+                        f"features, features.n={cfg.features.n} would go unused")
+
+
 def user_dir() -> Path | None:
     """Your own config folder ($IFV_CONFIG_DIR, default ~/.config/ifv), where it exists: its
     model/NAME.yaml files register your networks as ``model=NAME`` (``ifv list`` shows
@@ -333,6 +343,7 @@ def compose(overrides: list[str], *, with_hydra: bool = False) -> Any:
         if msg.startswith("invalid configuration"):
             msg = _unknown_option(overrides) or msg
         raise UserError(msg) from None
+    _one_selection(cfg, overrides)
     return cfg
 
 

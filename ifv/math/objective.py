@@ -53,6 +53,14 @@ def tap(model: nn.Module, layer: str, inputs: Tensor) -> Tensor:
     return store["a"]
 
 
+def aggregations_for(shape: Sequence[int]) -> tuple[str, ...]:
+    """The aggregations that fit a tap whose output per sample has ``shape``: every one
+    for (C,), all but identity for (C, H, W), none for any other (e.g. a sequence's (T, C))."""
+    if len(shape) == 1:
+        return AGGREGATIONS
+    return tuple(a for a in AGGREGATIONS if a != "identity") if len(shape) == 3 else ()
+
+
 def aggregate(a: Tensor, how: str) -> Tensor:
     """Feature response from activations (Sec. 2.3, 3.2).
 

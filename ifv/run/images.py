@@ -46,12 +46,12 @@ def read_array(path: str | Path) -> Tensor:
             if not isinstance(data, Tensor):
                 raise UserError(f"{path}: holds a {type(data).__name__}, not a tensor; save "
                                 "one tensor with torch.save(tensor, path)")
-            return data.detach().to(torch.float64)
+            return _real(data.detach(), str(path))
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise UserError(f"{path}: holds {arr.dtype} values, not numbers")
-            return torch.from_numpy(arr.astype(np.float64))
+            return _real(torch.from_numpy(arr), str(path))
         return _read_png(path)
     except UserError:
         raise
@@ -184,11 +184,19 @@ def _as_list(sources: Source | Sequence[Source]) -> list[Source]:
     return items
 
 
+def _real(a: Tensor, name: str) -> Tensor:
+    """``a`` as float64; complex values are refused (their imaginary part would be lost)."""
+    if a.is_complex():
+        raise UserError(f"{name}: holds complex values ({a.dtype}); images and parameters are "
+                        "real numbers")
+    return a.to("cpu", torch.float64)
+
+
 def _tensor(src: object) -> Tensor:
     if isinstance(src, Tensor):
-        return src.detach().to("cpu", torch.float64)
+        return _real(src.detach(), "the tensor given")
     if isinstance(src, np.ndarray):
-        return torch.from_numpy(np.asarray(src, dtype=np.float64))
+        return _real(torch.from_numpy(np.asarray(src)), "the array given")
     raise UserError(f"cannot read images from a {type(src).__name__}; valid: file paths "
                     f"({', '.join(FORMATS)}), tensors or numpy arrays")
 

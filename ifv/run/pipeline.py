@@ -72,8 +72,8 @@ def _run(exp: Experiment, out_dir: Path, stage_cache: str | Path | None, progres
     check_writable(cache.root, "stage_cache")
     s = exp.setting
     assert s.spec is not None
-    model_key = s.model_key()
     bound = s.bind(progress=progress, log=log)
+    model_key = s.model_key()  # the weights' content: read once they are in place
     chain = Chain(bound, cache, progress, log)
     param, features, dev = bound.param, bound.features, bound.device
 

@@ -34,16 +34,22 @@ from ifv.math import transform as transforms_
 from ifv.math.fv import FVSettings, lbfgs_draws, settings_key
 from ifv.math.jacobian import METHODS
 from ifv.math.kink import Kinks
-from ifv.math.objective import AGGREGATIONS, Response, ResponseFn, responses_under
+from ifv.math.objective import (
+    AGGREGATIONS,
+    Response,
+    ResponseFn,
+    aggregations_for,
+    responses_under,
+)
 from ifv.math.param import IMAGE_PARAMS, PARAMS, Parametrization, make_param
 from ifv.math.prior import Prior
 from ifv.math.robust import Robust
 from ifv.math.transform import Transform
 from ifv.validate import choice, count, number, plain
 from ifv.zoo import check_layer
-from ifv.zoo.provision import check_trainable, network
+from ifv.zoo.provision import check_network, check_trainable, network
 from ifv.zoo.registry import ModelSpec, model_entry
-from ifv.zoo.sources import close, content, probe
+from ifv.zoo.sources import close, content, layers, probe
 
 Model = str | Mapping[str, Any] | nn.Module  # a zoo name, a source, a _target_, a module
 Features = int | str | Sequence[int]
@@ -242,6 +248,7 @@ class Setting:
         channels = spec.layers.get(layer, 0)
         check_layer(spec, layer, channels if selection == "all" else selection,
                     layer_key=names["layer"], features_key=names["features"])
+        _check_aggregation(spec, layer, aggregation, names["layer"])
         if size is not None and size != spec.input_size:
             raise UserError(f"{spec.name} takes {spec.input_size[0]}x{spec.input_size[1]} "
                             f"inputs, got size={size}")
@@ -315,6 +322,12 @@ class Setting:
         return network(self.spec, weights=self.weights, cache_dir=self.cache_dir,
                        download=self.download, device=self.device, progress=progress, log=log)
 
+    def check_network(self) -> None:
+        """Raise the ``UserError`` that loading the network would, before any work
+        (``ifv.zoo.provision.check_network``; a module is there already)."""
+        if self.spec is not None:
+            check_network(self.spec, self.weights, self.cache_dir, self.download)
+
     def bind(self, size: tuple[int, int] | None = None, *, progress: bool = True,
              log: Log = print) -> Bound:
         """The response N~ of this setting on its network (``size``: a module's input)."""
@@ -332,14 +345,19 @@ class Setting:
 
     def model_key(self) -> dict[str, Any]:
         """The identity of the network and its weights, for cache keys: the zoo entry or
-        your network's source (``ModelSpec.key``) and a weights file by the SHA-256 of its
-        content (``ifv.zoo.sources.content``), so two files never share a stage."""
+        your network's source (``ModelSpec.key``) and the weights by the SHA-256 of their
+        file's content (``ifv.zoo.sources.content``): the file given, else the default one
+        (a zoo model's checkpoint, a pretrained source's hub file), so that two files never
+        share a stage and a retrained checkpoint is never read stale. Call it once the
+        network is loaded (``bind``): an offline stand-in's checkpoint exists from then."""
         assert self.spec is not None
         weights = self.weights
         if weights and weights != "random":
             weights = f"sha256:{content(weights)}"
-        elif weights is None and self.spec.source is not None:
-            weights = self.spec.weights_source or f"{self.spec.source.kind}-pretrained"
+        elif weights is None and (self.spec.source is None or self.spec.weights_source):
+            weights = f"sha256:{content(self.spec.weights_file(self.cache_dir))}"
+        elif weights is None:
+            weights = f"{self.spec.source.kind}-pretrained"
         return {"model": self.spec.name, "key": self.spec.key(), "weights": weights}
 
 
@@ -352,6 +370,20 @@ def model_options(m: Any) -> dict[str, Any]:
             "download": m.download, "train": plain(m.train),
             "input_size": plain(m.input_size), "normalize": plain(m.normalize),
             "weights_key": m.weights_key}
+
+
+def _check_aggregation(spec: ModelSpec, layer: str, aggregation: str, key: str) -> None:
+    """A user's network's tap must give what the aggregation reads: (C,) or (C, H, W) per
+    sample (``aggregations_for``); its shape is known from the probe of its layers."""
+    if spec.source is None:
+        return
+    shape = layers(spec.source, (spec.in_channels, *spec.input_size))[layer]
+    fits = aggregations_for(shape)
+    if aggregation not in fits:
+        raise UserError(f"{key}={layer} gives {list(shape)} per sample; aggregation="
+                        f"{aggregation} needs " + ("(C,) or (C, H, W)" if not fits else
+                                                   f"one of: {', '.join(fits)}")
+                        + f" (ifv layers model={spec.name} shows what fits each layer)")
 
 
 def _check_channels(p: Parametrization, spec: ModelSpec, key: Mapping[str, str]) -> None:

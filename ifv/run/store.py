@@ -1,6 +1,7 @@
 """The stage cache: checked entries keyed by the configuration a stage depends on, kept in
 parts while in the making, locked while computed. Nothing damaged is ever read, nothing
-finished is computed twice."""
+finished is computed twice, and an entry copied or moved to another stage's or key's place
+is never read there: each records what it is the entry of."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from filelock import FileLock
 from ifv.device import to as to_device
 from ifv.files import atomic_write, content_key, default_cache_dir
 
-# A stage entry is torch.save's bytes, then their SHA-256 and this tag: a truncated or
-# altered file fails the check when read.
-_TAG = b"ifv-stage-entry-1"
+# A stage entry is torch.save's bytes of {"entry": what it is the entry of, "value": the
+# stage's output}, then their SHA-256 and this tag: a truncated or altered file fails the
+# check when read, and so does one in another entry's place.
+_TAG = b"ifv-stage-entry-2"
 _DIGEST = 32
 
 
@@ -30,26 +32,32 @@ class Damaged(ValueError):
     """A cache entry that fails its checksum or cannot be read."""
 
 
-def pack(obj: Any) -> bytes:
-    """``obj`` (tensors, numbers, dicts) as the bytes of a checked entry; tensors are saved
-    from the host, so an entry made on a GPU reads on any machine."""
+def pack(obj: Any, entry: str) -> bytes:
+    """``obj`` (tensors, numbers, dicts) as the bytes of a checked entry of ``entry`` (its
+    stage and key: its path in the cache, e.g. ``jacobian/KEY.pt``); tensors are saved from
+    the host, so an entry made on a GPU reads on any machine."""
     buf = io.BytesIO()
-    torch.save(to_device(obj, "cpu"), buf)
+    torch.save({"entry": entry, "value": to_device(obj, "cpu")}, buf)
     payload = buf.getvalue()
     return payload + hashlib.sha256(payload).digest() + _TAG
 
 
-def unpack(data: bytes) -> Any:
-    """The object of a checked entry; raises ``Damaged`` unless its checksum holds."""
+def unpack(data: bytes, entry: str) -> Any:
+    """The object of a checked entry of ``entry``; raises ``Damaged`` unless its checksum
+    holds and it is the entry of ``entry``."""
     if len(data) < _DIGEST + len(_TAG) or not data.endswith(_TAG):
         raise Damaged("truncated or not an ifv cache entry")
     payload, digest = data[:-len(_TAG) - _DIGEST], data[-len(_TAG) - _DIGEST:-len(_TAG)]
     if hashlib.sha256(payload).digest() != digest:
         raise Damaged("checksum mismatch")
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        held = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a checked but unreadable entry is damaged too
         raise Damaged(f"unreadable ({exc.__class__.__name__})") from None
+    own = held.get("entry") if isinstance(held, dict) else None
+    if own != entry or "value" not in held:
+        raise Damaged(f"the entry of {own or 'nothing it records'}, not of {entry}")
+    return held["value"]
 
 
 def _fault(stage: str) -> None:
@@ -85,6 +93,11 @@ class StageCache:
     def path(self, stage: str, version: int, key: dict[str, Any]) -> Path:
         return self.root / stage / f"{content_key({'v': version, **key})}.pt"
 
+    def entry(self, path: Path) -> str:
+        """What the file at ``path`` is the entry of: its stage and key, as its place in the
+        cache (``STAGE/KEY.pt``, a part ``STAGE/KEY.parts/START-STOP.pt``)."""
+        return path.relative_to(self.root).as_posix()
+
     def read(self, path: Path, stage: str) -> Any | None:
         """The entry at ``path``, or None where there is none or it is damaged (then moved
         aside, with one line)."""
@@ -93,7 +106,7 @@ class StageCache:
         except FileNotFoundError:
             return None
         try:
-            return unpack(data)
+            return unpack(data, self.entry(path))
         except Damaged as why:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             dest = self.root / "damaged" / path.relative_to(self.root).parent / (
@@ -105,7 +118,7 @@ class StageCache:
             return None
 
     def write(self, path: Path, stage: str, obj: Any) -> None:
-        atomic_write(path, lambda p: p.write_bytes(pack(obj)))
+        atomic_write(path, lambda p: p.write_bytes(pack(obj, self.entry(path))))
         _fault(stage)
 
     def get_or_compute(self, stage: str, version: int, key: dict[str, Any],

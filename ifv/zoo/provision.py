@@ -15,6 +15,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from ifv.errors import UserError
 from ifv.files import check_outputs
 from ifv.zoo.registry import ModelSpec, load
 
@@ -32,6 +33,21 @@ def check_trainable(spec: ModelSpec, weights: str | None, cache_dir: str | Path 
     if will_train(spec, weights, cache_dir):
         check_outputs(spec.checkpoint(cache_dir).parent,
                       [p.name for p in spec.checkpoint_files(cache_dir)], "the model cache")
+
+
+def check_network(spec: ModelSpec, weights: str | None, cache_dir: str | Path | None,
+                  download: bool) -> None:
+    """Raise the ``UserError`` that ``network`` would raise on ``spec``'s weights (missing,
+    unreadable, of another architecture, a source without weights), before any work: they
+    are read into a fresh network once. Not where ``network`` makes them first: an offline
+    stand-in it trains, default weights it may download (``download``)."""
+    if weights == "random" or will_train(spec, weights, cache_dir):
+        return
+    try:
+        load(spec, weights=weights, cache_dir=cache_dir, download=False)
+    except UserError:
+        if not (download and weights is None):
+            raise
 
 
 def network(spec: ModelSpec, *, weights: str | None = None,

@@ -608,9 +608,9 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
 
 
 def _pretrained(model: nn.Module, spec: ModelSpec, download: bool) -> None:
-    """A user's network without a weights file: timm's pretrained weights from the Hugging
-    Face cache (downloaded only with ``download``); a file's network (onnx, tflite) has its
-    weights already; other sources need model.weights."""
+    """A user's network without a weights file: timm's pretrained weights, from the
+    Hugging Face cache (``_hub_file``) or, only with ``download``, from the hub; a file's
+    network (onnx, tflite) has its weights already; other sources need model.weights."""
     assert spec.source is not None
     if spec.source.is_file:
         return
@@ -619,25 +619,37 @@ def _pretrained(model: nn.Module, spec: ModelSpec, download: bool) -> None:
                 else "is built by model._target_")
         raise UserError(f"{spec.name} {what}: pass model.weights=PATH (a state dict, or a "
                         "checkpoint with model.weights_key=KEY), or model.weights=random")
-    import os
-
     import timm
 
-    offline = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "0" if download else "1"
+    overlay = {} if download else {"pretrained_cfg_overlay": {"file": _hub_file(spec)}}
     try:
-        state = timm.create_model(spec.source.ref, pretrained=True,
+        state = timm.create_model(spec.source.ref, pretrained=True, **overlay,
                                   **dict(spec.source.args)).state_dict()
-    except Exception as exc:  # noqa: BLE001 - no cached file, no network: one line
-        raise UserError(f"no pretrained weights for {spec.name} in the Hugging Face cache "
-                        f"({exc.__class__.__name__}); pass model.download=true on a machine "
-                        "with internet, or model.weights=PATH") from None
-    finally:
-        if offline is None:
-            del os.environ["HF_HUB_OFFLINE"]
-        else:
-            os.environ["HF_HUB_OFFLINE"] = offline
+    except Exception as exc:  # noqa: BLE001 - no network, a damaged file: one line
+        raise UserError(f"cannot load the pretrained weights of {spec.name} "
+                        f"({exc.__class__.__name__}); pass model.weights=PATH") from None
     model.load_state_dict(state)
+
+
+def _hub_file(spec: ModelSpec) -> str:
+    """The file of ``spec``'s timm weights in the Hugging Face cache, found without the
+    network; ``UserError`` with where it was looked for where it is not there."""
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    assert spec.source is not None
+    cfg = timm.models.get_pretrained_cfg(spec.source.ref)
+    repo, _, revision = (getattr(cfg, "hf_hub_id", None) or "").partition("@")
+    names = ("model.safetensors", getattr(cfg, "hf_hub_filename", None) or "pytorch_model.bin")
+    for name in names if repo else ():
+        found = try_to_load_from_cache(repo, name, cache_dir=constants.HF_HUB_CACHE,
+                                       revision=revision or None)
+        if isinstance(found, str):
+            return found
+    where = f"{repo} ({' or '.join(names)})" if repo else "no Hugging Face repository"
+    raise UserError(f"no pretrained weights for {spec.name} in the Hugging Face cache "
+                    f"{constants.HF_HUB_CACHE}: looked for {where}; pass model.download=true "
+                    "to download them, or model.weights=PATH")
 
 
 def _source_url(spec: ModelSpec) -> str:

@@ -19,6 +19,7 @@ import difflib
 import functools
 import hashlib
 import importlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +76,10 @@ def normalization(value: Any, key: str = "model.normalize") -> Stats | None:
         mean, std = tuple(float(m) for m in value["mean"]), tuple(float(s) for s in value["std"])
     except (TypeError, ValueError):
         raise UserError(f"{key}.mean and .std must be lists of numbers, got {value!r}") from None
-    if len(mean) != len(std) or not mean or min(std) <= 0:
-        raise UserError(f"{key}: mean and std need one value per channel, std > 0; got "
-                        f"{value!r}")
+    if len(mean) != len(std) or not mean or not all(map(math.isfinite, mean + std)) \
+            or min(std) <= 0:
+        raise UserError(f"{key}: mean and std need one finite value per channel, std > 0; "
+                        f"got {value!r}")
     return mean, std
 
 

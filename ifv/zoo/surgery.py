@@ -98,8 +98,11 @@ def check_plantable(net: nn.Module | type, layer: str, name: str) -> None:
     (``name``: the model, for the message)."""
     valid = plantable(net)
     if not valid:
-        raise UserError(f"planted copies are made of DenseNet-BC and GoogLeNet zoo models, not "
-                        f"{name}")
+        raise UserError(f"planted copies are made of networks that know how to permute their "
+                        f"tapped channels (ifv.zoo.surgery.Plantable: the zoo's DenseNet-BC and "
+                        f"GoogLeNet models), not {name}: every consumer of those channels "
+                        "(residual sums, concatenations) must be rewritten with them; compare "
+                        "it with a B of its own (compare.b_model, compare.b_weights)")
     if layer not in valid:
         raise UserError(f"planted copies permute the channels of {', '.join(valid)}, not "
                         f"{layer!r}")

@@ -6,6 +6,7 @@ training record) and the same record as JSON beside it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -58,6 +59,16 @@ def dataset(spec: ModelSpec, data_root: str | Path | None = None, download: bool
                                exclude=tuple(r.exclude_classes))
     x_te, y_te = make_patterns(r.n_test, seed=2 * r.seed + 2, size=size)
     return x_tr, y_tr, x_te, y_te
+
+
+def data_identity(*tensors: Tensor) -> str:
+    """The SHA-256 (24 hex digits) of a training's data as read (images and labels, their
+    shapes and dtypes): what a resumed training must find again."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
 
 
 def subset(total: int, n: int, seed: int) -> Tensor:
@@ -205,7 +216,8 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
                                                     pct_start=0.15)
     partial = spec.checkpoint(cache_dir).with_suffix(".partial.pt")
-    state = resume(partial, model, opt, sched, g)
+    data_id = data_identity(x_tr, y_tr, x_te, y_te)
+    state = resume(partial, model, opt, sched, g, data_id)
     loss_avg, first_loss = state.get("loss_avg", math.nan), state.get("first_loss", math.nan)
     epoch_losses: list[float] = state.get("epoch_losses", [])
     start = len(epoch_losses)
@@ -215,6 +227,7 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
     t0 = resumed - state.get("train_seconds", 0.0)  # counts the seconds before a resume
     bar = tqdm(total=total, initial=start * steps_per_epoch, desc=f"train {spec.name}",
                disable=not progress, unit="step")
+    steps = 0  # since the start or the resume (a disabled bar counts nothing)
     for epoch in range(start, r.epochs):
         model.train()
         loss_sum = 0.0
@@ -237,15 +250,15 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
             loss_avg = val if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * val
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_avg:.3f}")
-            if bar.n == start * steps_per_epoch + min(ESTIMATE_STEPS, total):
-                log(estimate(spec, dev, bar.n - start * steps_per_epoch,
-                             total - start * steps_per_epoch,
+            steps += 1
+            if steps == min(ESTIMATE_STEPS, total - start * steps_per_epoch):
+                log(estimate(spec, dev, steps, total - start * steps_per_epoch,
                              time.perf_counter() - resumed))
         epoch_losses.append(loss_sum / steps_per_epoch)
         if epoch + 1 < r.epochs:
             save_progress(partial, model, opt, sched, g, {
-                "epoch_losses": epoch_losses, "loss_avg": loss_avg, "first_loss": first_loss,
-                "train_seconds": time.perf_counter() - t0})
+                "data": data_id, "epoch_losses": epoch_losses, "loss_avg": loss_avg,
+                "first_loss": first_loss, "train_seconds": time.perf_counter() - t0})
     bar.close()
     train_seconds = time.perf_counter() - t0
     acc, per_class = evaluate(model, x_te, y_te)
@@ -263,6 +276,7 @@ def train(spec: ModelSpec, cache_dir: str | Path | None = None, progress: bool =
         "arch_kwargs": spec.arch_kwargs,
         "recipe": asdict(spec.recipe),
         "data_seeds": data,
+        "data_sha256": data_id,
         "n_train": len(x_tr),
         "n_test": len(x_te),
         "device": str(dev),
@@ -292,22 +306,30 @@ def save_progress(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sche
 
 
 def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-           g: torch.Generator) -> dict[str, Any]:
+           g: torch.Generator, data: str) -> dict[str, Any]:
     """Load what ``save_progress`` wrote into the objects; {} when there is nothing.
 
-    The file is ifv's own, named by the model's key, and read tensors-only.
+    The file is ifv's own, named by the model's key, and read tensors-only. One made on
+    other data than ``data`` (``data_identity``) is refused with ``UserError`` and kept:
+    its epochs are not mixed with another data set's, nor thrown away.
     """
     if not path.is_file():
         return {}
     try:
         state = load_tensors(path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["generator"])
+        other = state.get("data") != data
+        if not other:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            g.set_state(state["generator"])
     except Exception as e:  # a damaged file costs the epochs it held, not the training
         print(f"warning: ignoring {path} ({type(e).__name__}); training from the start")
         return {}
+    if other:
+        raise UserError(f"{path} holds epochs of a training on other data than "
+                        "model.data.root gives now (or of an older ifv); rerun with the data "
+                        "it began on, or delete it to train from the start")
     return state
 
 

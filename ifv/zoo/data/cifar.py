@@ -101,6 +101,11 @@ def load_cifar10(root: str | Path, train: bool, download: bool = False,
         if tuple(x.shape[1:]) != (3, 32, 32):
             raise UserError(f"the images of {root} are {tuple(x.shape[2:])}, not CIFAR-10's "
                             "32x32")
+    elif root.is_file():
+        raise UserError(f"model.data.root {root} is a file but no zip (truncated, or another "
+                        "format); give a folder or zip in the ImageFolder layout "
+                        "(train/<class>/*.jpg, test/<class>/*.jpg), or a folder that holds "
+                        f"the python version ({FOLDER}/)")
     else:
         where = root / FOLDER
         missing = [f for f in FILES if not (where / f).is_file()]
