@@ -169,6 +169,7 @@ def test_the_cache_key_is_the_weights_content(files: dict[str, Path], tmp_path: 
                         layer="features.2", features=4)
     assert ckpt.model_key() != bare.model_key()  # another state dict of the same file
     assert key(files["cifar8"]) != Setting.make(model="resnet20_cifar", layer="layer3",
+                                                weights=str(files["cifar8"]),
                                                 features=4).model_key()
 
 
