@@ -13,6 +13,7 @@ import torch
 
 from ifv.errors import UserError
 from ifv.faces.cli import main
+from ifv.math.objective import tap
 from ifv.zoo.registry import load, model_entry
 
 tflite = pytest.importorskip("tflite")
@@ -289,9 +290,15 @@ def test_a_tflite_file_computes_what_it_means(nets: dict) -> None:
     x = np.round(RNG.uniform(size=(2, 8, 8, 3)) * 255) / 255
     got = net(torch.from_numpy(x).permute(0, 3, 1, 2).float()).double().numpy()
     np.testing.assert_allclose(got, _reference(x, weights), atol=1e-5)
-    assert {"net.conv1.Relu6", "net.dw.Relu6", "net.add", "net.pool", "net.logits"} <= set(
-        spec.layers)
-    assert spec.layers["net.dw.Relu6"] == 5
+    assert {"net.conv1.Relu6", "net.dw.Relu6", "net.dw.Relu6.preact", "net.add", "net.pool",
+            "net.logits"} <= set(spec.layers)
+    assert spec.layers["net.dw.Relu6"] == 5 and spec.name == "tflite:tiny.tflite"
+    with torch.no_grad():  # the fused RELU6's input is tapped before it
+        pre = tap(net, "net.conv1.Relu6.preact", torch.from_numpy(x).permute(0, 3, 1, 2).float())
+    ref = _nhwc_conv((np.round(x * 255) - IN_ZP) * IN_SCALE, weights["w1"], weights["b1"], 2,
+                     False)
+    np.testing.assert_allclose(pre.permute(0, 2, 3, 1).double().numpy(), ref, atol=1e-5)
+    assert (ref < 0).any() and (ref > 6).any()  # so the tap is not the activation's output
 
 
 def test_an_onnx_file_computes_what_it_means(nets: dict) -> None:

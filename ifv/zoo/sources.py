@@ -172,7 +172,10 @@ class Source:
     args: tuple[tuple[str, Any], ...] = ()
 
     def describe(self) -> str:
-        """``kind:ref``, or the import path with its arguments, e.g. ``nets.Net(width=8)``."""
+        """``kind:ref`` (a file's name, ``tflite:net.tflite``), or the import path with its
+        arguments, e.g. ``nets.Net(width=8)``."""
+        if self.is_file:
+            return f"{self.kind}:{Path(self.ref).name}"
         if self.kind != "target":
             return f"{self.kind}:{self.ref}"
         args = ",".join(f"{k}={v}" for k, v in self.args)

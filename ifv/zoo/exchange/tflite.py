@@ -75,11 +75,19 @@ def _nchw(x: np.ndarray) -> Tensor:
 
 
 class Op(nn.Module):
-    """One operator: the indices of its input tensors and of its output."""
+    """One operator: the indices of its input tensors and of its output. An operator with a
+    fused activation has a child ``preact`` (an identity) that its value before the
+    activation passes through, so that it can be tapped too (``layer=NAME.preact``)."""
 
-    def __init__(self, inputs: tuple[int, ...], output: int) -> None:
+    def __init__(self, inputs: tuple[int, ...], output: int, activation: int = 0) -> None:
         super().__init__()
-        self.inputs, self.output = inputs, output
+        self.inputs, self.output, self.activation = inputs, output, activation
+        if activation:
+            self.preact = nn.Identity()
+
+    def activate(self, y: Tensor) -> Tensor:
+        """The fused activation of the value ``y`` before it."""
+        return _ACTIVATIONS[self.activation](self.preact(y)) if self.activation else y
 
 
 def _same_pad(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -111,16 +119,15 @@ class Conv(Window):
     def __init__(self, inputs: tuple[int, ...], output: int, weight: Tensor,
                  bias: Tensor | None, groups: int, padding: int, stride: tuple[int, int],
                  dilation: tuple[int, int], activation: int) -> None:
-        super().__init__(inputs[:1], output)
+        super().__init__(inputs[:1], output, activation)
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
-        self.groups, self.activation = groups, activation
+        self.groups = groups
         self._setup(padding, (weight.shape[2], weight.shape[3]), stride, dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.conv2d(self.pad(x), self.weight, self.bias, self.stride, 0, self.dilation,
-                     self.groups)
-        return _ACTIVATIONS[self.activation](y)
+        return self.activate(F.conv2d(self.pad(x), self.weight, self.bias, self.stride, 0,
+                                      self.dilation, self.groups))
 
 
 class Pool(Window):
@@ -129,8 +136,8 @@ class Pool(Window):
 
     def __init__(self, inputs: tuple[int, ...], output: int, kind: str, padding: int,
                  kernel: tuple[int, int], stride: tuple[int, int], activation: int) -> None:
-        super().__init__(inputs, output)
-        self.kind, self.activation = kind, activation
+        super().__init__(inputs, output, activation)
+        self.kind = kind
         self._setup(padding, kernel, stride)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,7 +151,7 @@ class Pool(Window):
             count = F.avg_pool2d(F.pad(ones, self._pads(x)), self.kernel, self.stride,
                                  divisor_override=1)
             y = total / count
-        return _ACTIVATIONS[self.activation](y)
+        return self.activate(y)
 
     def _pads(self, x: Tensor) -> tuple[int, int, int, int]:
         if not self.same:
@@ -159,15 +166,15 @@ class Binary(Op):
 
     def __init__(self, inputs: tuple[int, ...], output: int, kind: str, activation: int,
                  constant: Tensor | None = None, constant_first: bool = False) -> None:
-        super().__init__(inputs, output)
-        self.kind, self.activation, self.constant_first = kind, activation, constant_first
+        super().__init__(inputs, output, activation)
+        self.kind, self.constant_first = kind, constant_first
         self.register_buffer("constant", constant)
 
     def forward(self, *xs: Tensor) -> Tensor:
         a, b = xs if self.constant is None else (
             (self.constant, xs[0]) if self.constant_first else (xs[0], self.constant))
-        y = a + b if self.kind == "add" else a - b if self.kind == "sub" else a * b
-        return _ACTIVATIONS[self.activation](y)
+        return self.activate(a + b if self.kind == "add" else a - b if self.kind == "sub"
+                             else a * b)
 
 
 class Unary(Op):
@@ -216,29 +223,27 @@ class Dense(Op):
 
     def __init__(self, inputs: tuple[int, ...], output: int, weight: Tensor,
                  bias: Tensor | None, activation: int) -> None:
-        super().__init__(inputs[:1], output)
+        super().__init__(inputs[:1], output, activation)
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
-        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
             x = x.permute(0, 2, 3, 1)
-        return _ACTIVATIONS[self.activation](F.linear(x.reshape(x.shape[0], -1), self.weight,
-                                                      self.bias))
+        return self.activate(F.linear(x.reshape(x.shape[0], -1), self.weight, self.bias))
 
 
 class Concat(Op):
     """CONCATENATION along an axis (NHWC axes of 4-D tensors moved to NCHW)."""
 
     def __init__(self, inputs: tuple[int, ...], output: int, axis: int, activation: int) -> None:
-        super().__init__(inputs, output)
-        self.axis, self.activation = axis, activation
+        super().__init__(inputs, output, activation)
+        self.axis = axis
 
     def forward(self, *xs: Tensor) -> Tensor:
         axis = self.axis % xs[0].dim()
         dim = _NHWC_TO_NCHW[axis] if xs[0].dim() == 4 else axis
-        return _ACTIVATIONS[self.activation](torch.cat(xs, dim=dim))
+        return self.activate(torch.cat(xs, dim=dim))
 
 
 class Mean(Op):
