@@ -233,15 +233,14 @@ def test_bad_weight_files_are_one_line_user_errors(tmp_path: Path, hub: Path,
     shutil.copy(corrupt, hub / HUB_FILE)
     with pytest.raises(UserError, match="cannot read weights"):
         load("googlenet")
-    # the same through `ifv run`: one line on stderr, no traceback
+    # the same through `ifv run`: one line on stderr before any work, no traceback, no folder
     args = ["run", "model=googlenet", "layer=inception4c", f"model.weights={corrupt}",
             f"hydra.run.dir={tmp_path / 'out'}", "progress=false"]
-    with pytest.raises(SystemExit) as stop:
-        main(args)
-    assert stop.value.code == 2
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot read weights" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- shapes and channels
