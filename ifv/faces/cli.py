@@ -309,8 +309,9 @@ def cmd_list(args: list[str]) -> int:
     where = user_dir()
     print(f"your models ({where / 'model' if where else '$IFV_CONFIG_DIR/model'}/NAME.yaml; "
           "ifv layers model=NAME shows their layers): " + (", ".join(own) or "none"))
-    print("  any network: model=torchvision:NAME, model=timm:NAME, or model._target_="
-          "pkg.module.callable with model.args.*, model.weights=PATH, model.input_size=[C,H,W]")
+    print("  any network: model=torchvision:NAME, timm:NAME, onnx:PATH, tflite:PATH, or "
+          "model._target_=pkg.module.callable with model.args.*, model.weights=PATH, "
+          "model.input_size=[C,H,W]")
     return 0
 
 
@@ -319,8 +320,8 @@ usage: ifv layers model=NAME [model.input_size=[C,H,W]] [model.args.KEY=V ...]
 
 Every module of a network with its output shape for one input, and the aggregations that
 fit it (tap it with layer=NAME aggregation=AGG). NAME: a zoo name (ifv list),
-torchvision:NAME, timm:NAME, or your code: model._target_=pkg.module.callable with its
-model.args.* and model.input_size.
+torchvision:NAME, timm:NAME, onnx:PATH, tflite:PATH, or your code:
+model._target_=pkg.module.callable with its model.args.* and model.input_size.
 """
 
 
@@ -337,7 +338,8 @@ def cmd_layers(args: list[str]) -> int:
         return 0
     if not any(a.startswith(("model=", "model._target_=")) for a in args):
         raise UserError("which model? use ifv layers model=NAME (a zoo name, torchvision:NAME, "
-                        "timm:NAME) or model._target_=pkg.module.callable")
+                        "timm:NAME, onnx:PATH, tflite:PATH) or "
+                        "model._target_=pkg.module.callable")
     options = model_options(compose(args).model)
     spec = model_entry(options["model"], input_size=options["input_size"],
                        normalize=options["normalize"], weights_key=options["weights_key"])

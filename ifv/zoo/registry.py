@@ -438,7 +438,8 @@ def get_spec(name: str, key: str = "model") -> ModelSpec:
     """The zoo entry called ``name`` (``key``: the option the user set, for the message)."""
     if name not in MODELS:
         raise UserError(f"unknown {key} {name!r}; valid: {', '.join(MODELS)}, or your own "
-                        "network: torchvision:NAME, timm:NAME, model._target_=PATH")
+                        "network: torchvision:NAME, timm:NAME, onnx:PATH, tflite:PATH, "
+                        "model._target_=PATH")
     return MODELS[name]
 
 
