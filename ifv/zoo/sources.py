@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from ifv.errors import UserError
+from ifv.zoo import exchange
 
 KINDS = ("torchvision", "timm")
-FILES = ("onnx", "tflite")  # the weights are in the file
+FILES = exchange.FORMATS  # the weights are in the file
 NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -199,9 +200,7 @@ class Source:
         file's weights), in eval mode."""
         kwargs = dict(self.args)
         if self.is_file:
-            from ifv.zoo.exchange import onnx, tflite
-
-            return (onnx if self.kind == "onnx" else tflite).convert(self.ref)
+            return exchange.module(self.kind).convert(self.ref)
         if self.kind in KINDS:
             try:
                 net = _pretrainable(self.kind, self.ref, kwargs)
@@ -302,15 +301,8 @@ def defaults(source: Source) -> tuple[Any, Stats | None, tuple[int, int, int] | 
     if source.kind == "timm":
         stats, shape = _timm(source.ref)
         return None, stats, shape
-    if source.kind == "tflite":
-        from ifv.zoo.exchange import tflite
-
-        f = tflite.read(source.ref)
-        return None, f.input_stats(), f.input_size()
-    if source.kind == "onnx":
-        from ifv.zoo.exchange import onnx
-
-        return None, None, onnx.input_size(onnx.read(source.ref))
+    if source.is_file:
+        return None, *exchange.module(source.kind).defaults(source.ref)
     return None, None, None
 
 

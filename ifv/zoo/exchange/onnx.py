@@ -59,6 +59,12 @@ def input_size(model: Any) -> tuple[int, int, int] | None:
     return (c, h, w) if min(c, h, w) > 0 else None
 
 
+def defaults(path: str | Path) -> tuple[None, tuple[int, int, int] | None]:
+    """What the file says of its input: no normalization (ONNX records no range) and
+    [C, H, W] (``input_size``)."""
+    return None, input_size(read(path))
+
+
 def convert(path: str | Path) -> nn.Module:
     """The file's network as a module in eval mode; an operator onnx2torch does not know is
     one ``UserError`` naming it."""

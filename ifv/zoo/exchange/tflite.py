@@ -105,12 +105,15 @@ class Window(Op):
         self.same, self.kernel, self.stride, self.dilation = (padding == 0, kernel, stride,
                                                               dilation)
 
-    def pad(self, x: Tensor) -> Tensor:
+    def pad(self, x: Tensor, value: float = 0.0) -> Tensor:
+        """``x`` (B, C, H, W) padded as TFLite's SAME padding says (VALID: as it is), with
+        ``value``."""
         if not self.same:
             return x
         top, bottom = _same_pad(x.shape[-2], self.kernel[0], self.stride[0], self.dilation[0])
         left, right = _same_pad(x.shape[-1], self.kernel[1], self.stride[1], self.dilation[1])
-        return F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x
+        pads = (left, right, top, bottom)
+        return F.pad(x, pads, value=value) if any(pads) else x
 
 
 class Conv(Window):
@@ -141,24 +144,13 @@ class Pool(Window):
         self._setup(padding, kernel, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "max":
-            y = F.max_pool2d(F.pad(x, self._pads(x), value=float("-inf")), self.kernel,
-                             self.stride)
-        else:
-            total = F.avg_pool2d(F.pad(x, self._pads(x)), self.kernel, self.stride,
-                                 divisor_override=1)
-            ones = torch.ones_like(x[:1, :1])
-            count = F.avg_pool2d(F.pad(ones, self._pads(x)), self.kernel, self.stride,
-                                 divisor_override=1)
-            y = total / count
-        return self.activate(y)
-
-    def _pads(self, x: Tensor) -> tuple[int, int, int, int]:
-        if not self.same:
-            return (0, 0, 0, 0)
-        top, bottom = _same_pad(x.shape[-2], self.kernel[0], self.stride[0], 1)
-        left, right = _same_pad(x.shape[-1], self.kernel[1], self.stride[1], 1)
-        return left, right, top, bottom
+        if self.kind == "max":  # padded cells never win
+            return self.activate(F.max_pool2d(self.pad(x, float("-inf")), self.kernel,
+                                              self.stride))
+        total = F.avg_pool2d(self.pad(x), self.kernel, self.stride, divisor_override=1)
+        count = F.avg_pool2d(self.pad(torch.ones_like(x[:1, :1])), self.kernel, self.stride,
+                             divisor_override=1)
+        return self.activate(total / count)
 
 
 class Binary(Op):
@@ -259,9 +251,8 @@ class Mean(Op):
         y = x.mean(dim=dims, keepdim=self.keep)
         if y.dim() == 4 or x.dim() != 4 or self.keep:
             return y
-        kept = [d for d in (0, 2, 3, 1) if d not in dims]  # the NHWC order of what is left
-        order = sorted(range(len(kept)), key=lambda i: kept[i])
-        return y.permute(*[order.index(i) for i in range(len(kept))])
+        kept = [d for d in (0, 2, 3, 1) if d not in dims]  # what is left, in NHWC order
+        return y.permute(*[sorted(kept).index(d) for d in kept])
 
 
 class Pad(Op):
@@ -304,7 +295,8 @@ class TFLiteNet(nn.Module):
 
 @dataclass(frozen=True)
 class TFLiteFile:
-    """A parsed file: its model, first subgraph and tensors."""
+    """A parsed file's first subgraph: its tensors, its operators (name, options, input and
+    output tensor indices, in execution order), and its input and output tensors."""
 
     path: Path
     tensors: list[TensorInfo]
@@ -469,7 +461,7 @@ def _names(f: TFLiteFile) -> list[str]:
         raw = f.tensors[outs[0]].name.split(";")[0]
         parts = [re.sub(r"\W", "_", p) for p in raw.split("/") if p] or [f"op{i}"]
         parts = [p if p[0].isalpha() or p[0] == "_" else f"_{p}" for p in parts if p]
-        path = ".".join(parts) or f"op{i}"
+        path = ".".join(parts)
         seen[path] = seen.get(path, 0) + 1
         names.append(path if seen[path] == 1 else f"{path}_{seen[path]}")
     return names
@@ -482,3 +474,10 @@ def convert(path: str | Path) -> TFLiteNet:
     ops = [(path, _operator(f, name, opts, ins, outs[0]))
            for path, (name, opts, ins, outs) in zip(_names(f), f.ops, strict=True)]
     return TFLiteNet(ops, f.inputs[0], f.outputs[0]).eval()
+
+
+def defaults(path: str | Path) -> tuple[tuple[tuple[float, ...], tuple[float, ...]] | None,
+                                        tuple[int, int, int] | None]:
+    """What the file says of its input: the normalization and [C, H, W] (``read``)."""
+    f = read(path)
+    return f.input_stats(), f.input_size()
