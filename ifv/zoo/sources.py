@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from ifv.errors import UserError
-from ifv.zoo import exchange
+from ifv.zoo.exchange import FORMATS, file_format
 
 KINDS = ("torchvision", "timm")
-FILES = exchange.FORMATS  # the weights are in the file
+FILES = FORMATS  # the weights are in the file
 NORMALIZE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -200,7 +200,7 @@ class Source:
         file's weights), in eval mode."""
         kwargs = dict(self.args)
         if self.is_file:
-            return exchange.module(self.kind).convert(self.ref)
+            return file_format(self.kind).convert(self.ref)
         if self.kind in KINDS:
             try:
                 net = _pretrainable(self.kind, self.ref, kwargs)
@@ -302,7 +302,7 @@ def defaults(source: Source) -> tuple[Any, Stats | None, tuple[int, int, int] | 
         stats, shape = _timm(source.ref)
         return None, stats, shape
     if source.is_file:
-        return None, *exchange.module(source.kind).defaults(source.ref)
+        return None, *file_format(source.kind).defaults(source.ref)
     return None, None, None
 
 

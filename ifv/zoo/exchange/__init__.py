@@ -12,7 +12,7 @@ from types import ModuleType
 FORMATS = ("onnx", "tflite")
 
 
-def module(kind: str) -> ModuleType:
+def file_format(kind: str) -> ModuleType:
     """The module of the format ``kind`` (one of ``FORMATS``)."""
     from ifv.zoo.exchange import onnx, tflite
 
